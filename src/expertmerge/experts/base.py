@@ -1,0 +1,74 @@
+"""The one interface every expert is wrapped into: a denoiser D(x; s) on a gamma range.
+
+x is float32 [N, C, H, W] in VE coordinates, x = x0 + s*n, and s = exp(gamma/2) is the
+noise level (a float or a tensor of shape [N]). D returns the estimate of E[x0 | x].
+Anything with `gamma_min`, `gamma_max` and `denoise(x, s)` is an expert (duck typing);
+subclassing `Expert` adds input checks and the derived noise-level range.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..noise import as_noise_level_batch, gamma_to_noise_level
+
+
+def check_expert(expert, name: str = "expert"):
+    """Raise a TypeError/ValueError naming what is missing or wrong with an expert."""
+    for attribute in ("gamma_min", "gamma_max"):
+        if not hasattr(expert, attribute):
+            raise TypeError(
+                f"{name} ({type(expert).__name__}) has no attribute {attribute!r}; an expert needs "
+                "gamma_min, gamma_max (its valid range of negative log-SNR) and denoise(x, s)")
+    if not callable(getattr(expert, "denoise", None)):
+        raise TypeError(f"{name} ({type(expert).__name__}) has no method denoise(x, s)")
+    gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
+    if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_min < gamma_max):
+        raise ValueError(f"{name} has an invalid gamma range [{gamma_min}, {gamma_max}]; "
+                         "need finite gamma_min < gamma_max")
+    return expert
+
+
+def check_denoise_input(x, noise_level):
+    """Validate (x, s) and return s as a float64 tensor of shape [N] on x's device."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"x must be float32 [N, C, H, W] in VE coordinates, got dtype {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape [N, C, H, W], got shape {tuple(x.shape)}")
+    s = as_noise_level_batch(noise_level, x.shape[0], device=x.device)
+    if not bool(torch.all(s > 0)):
+        raise ValueError(f"noise level s must be > 0 (s = exp(gamma/2)); got min {s.min().item():g}")
+    return s
+
+
+class Expert:
+    """Base class: subclasses implement `_denoise(x, s)` with s float64 [N] on x.device."""
+
+    gamma_min: float
+    gamma_max: float
+
+    def denoise(self, x: torch.Tensor, noise_level) -> torch.Tensor:
+        s = check_denoise_input(x, noise_level)
+        return self._denoise(x, s)
+
+    def _denoise(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def noise_level_min(self) -> float:
+        return gamma_to_noise_level(self.gamma_min)
+
+    @property
+    def noise_level_max(self) -> float:
+        return gamma_to_noise_level(self.gamma_max)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(gamma in [{self.gamma_min:.4g}, {self.gamma_max:.4g}])"
+
+
+def broadcast_level(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample level [N] -> [N, 1, 1, 1] in like's dtype, for elementwise maths."""
+    return s.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))

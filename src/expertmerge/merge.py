@@ -46,6 +46,13 @@ def _feasible_etas(experts: Sequence):
     return ranges
 
 
+def _as_eta(eta) -> float:
+    try:
+        return float(eta)
+    except (TypeError, ValueError):
+        raise TypeError(f"switch level eta must be a number in [0, 1], got {eta!r}") from None
+
+
 class PiecewiseExpert(Expert):
     """Experts on consecutive gamma intervals: experts[k] serves [boundaries[k-1], boundaries[k]).
 
@@ -85,12 +92,13 @@ def switch_many(experts: Sequence, etas: Sequence[float]) -> PiecewiseExpert:
     if len(etas) != len(experts) - 1:
         raise ValueError(f"{len(experts)} experts need {len(experts) - 1} switch levels, got {len(etas)}")
     gamma_0, gamma_1 = merged_range(experts)
-    for k, (eta, (lo, hi)) in enumerate(zip(etas, _feasible_etas(experts))):
-        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and lo - 1e-12 <= eta <= hi + 1e-12):
-            raise ValueError(f"switch level eta={eta!r} between expert {k} and {k + 1} is outside the feasible "
-                             f"range [{lo:.4f}, {hi:.4f}] (Eq. 15, merged gamma range [{gamma_0:.4g}, {gamma_1:.4g}])")
+    etas = [_as_eta(eta) for eta in etas]
     if any(b < a for a, b in zip(etas[:-1], etas[1:])):
         raise ValueError(f"switch levels must increase from low to high noise, got {list(etas)}")
+    for k, (eta, (lo, hi)) in enumerate(zip(etas, _feasible_etas(experts))):
+        if not (math.isfinite(eta) and lo - 1e-12 <= eta <= hi + 1e-12):
+            raise ValueError(f"switch level eta={eta!r} between expert {k} and {k + 1} is outside the feasible "
+                             f"range [{lo:.4f}, {hi:.4f}] (Eq. 15, merged gamma range [{gamma_0:.4g}, {gamma_1:.4g}])")
     return PiecewiseExpert(experts, [eta_to_gamma(eta, gamma_0, gamma_1) for eta in etas])
 
 
@@ -134,6 +142,7 @@ def blend(quality, likelihood, eta: float, window: float) -> BlendedExpert:
     gamma_0, gamma_1 = merged_range([likelihood, quality])
     if not (math.isfinite(window) and window > 0):
         raise ValueError(f"blend window must be a positive width in gamma, got {window!r}")
+    eta = _as_eta(eta)
     centre = eta_to_gamma(eta, gamma_0, gamma_1) if math.isfinite(eta) else math.nan
     g_lo, g_hi = centre - window / 2, centre + window / 2
     if not (eta_to_gamma(lo, gamma_0, gamma_1) <= g_lo and g_hi <= eta_to_gamma(hi, gamma_0, gamma_1)):

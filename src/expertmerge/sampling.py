@@ -113,10 +113,15 @@ def _step_expert(expert, gamma_from: float):
     return pieces(expert)[0][2]
 
 
-def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, batch_size: int = 64,
-                device=None) -> SampleRecord:
-    """EDM Algorithm 1 (deterministic Heun, rho = 7); no step straddles two experts."""
-    levels = heun_noise_levels(expert, steps, rho)
+def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, noise_levels=None,
+                batch_size: int = 64, device=None) -> SampleRecord:
+    """EDM Algorithm 1 (deterministic Heun, rho = 7); no step straddles two experts.
+
+    `noise_levels` (decreasing, ending in 0) overrides the schedule `heun_noise_levels(expert, steps, rho)`.
+    """
+    levels = heun_noise_levels(expert, steps, rho) if noise_levels is None else [float(s) for s in noise_levels]
+    if len(levels) < 2 or levels[-1] != 0 or any(b >= a for a, b in zip(levels[:-1], levels[1:])):
+        raise ValueError("noise_levels must decrease strictly and end in 0")
 
     def batch(expert, generators, shape, device):
         x, calls = _prior(expert, generators, shape, device), 0

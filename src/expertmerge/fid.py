@@ -1,0 +1,229 @@
+"""FID: features, statistics, Frechet distance (EDM protocol: reference statistics from the training set).
+
+Feature extractors follow clean-fid's contract: a callable taking float NCHW images with values in
+[0, 255] and returning [N, F] features; `cleanfid.fid.get_batch_features` runs them and
+`cleanfid.fid.frechet_distance` compares the Gaussians fitted to them. clean-fid's own entry points
+(`compute_fid`, `get_folder_features`, `make_custom_stats`, the `custom_feat_extractor` hook) read
+image *files* and resize them to 299x299; our images are uint8 arrays in memory (8x8 digits for the
+demo), so we feed batches to `get_batch_features` directly and keep the statistics ourselves (npz).
+
+Extractors by name (`feature_extractor`):
+  * "digits" -- the penultimate layer of a small conv classifier trained on scikit-learn's digits
+    (Inception weights cannot be fetched offline, and Inception on 8x8 images means little).
+  * The paper scale will add "inception_legacy_tensorflow": `cleanfid.features.build_feature_extractor(
+    "legacy_tensorflow", device)` already has this contract (resizing happens inside the network).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from cleanfid.fid import frechet_distance, get_batch_features
+from safetensors.torch import load_file, save_file
+
+from .images import check_images
+
+# ----------------------------------------------------------------------------
+# Digit classifier (no BatchNorm, so features do not depend on the batch).
+
+
+class DigitClassifier(torch.nn.Module):
+    """Conv net for 1-channel 8x8 images; `embed` gives the penultimate (feature) layer."""
+
+    def __init__(self, channels: int = 32, feature_dim: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.config = dict(channels=channels, feature_dim=feature_dim, num_classes=num_classes)
+        c = channels
+        self.conv = torch.nn.Sequential(
+            torch.nn.Conv2d(1, c, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.SiLU(), torch.nn.AvgPool2d(2),          # 8x8 -> 4x4
+            torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.SiLU(), torch.nn.AvgPool2d(2),  # 4x4 -> 2x2
+            torch.nn.Flatten(), torch.nn.Linear(8 * c, feature_dim), torch.nn.SiLU())
+        self.head = torch.nn.Linear(feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Data-scale float NCHW (x = (2k+1)/256 - 1) -> [N, feature_dim] features."""
+        return self.conv(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def _to_data_scale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC or float NCHW in [0, 255] -> float32 NCHW, x = (2k+1)/256 - 1 (`images.from_uint8`)."""
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2)
+    return (2 * images.float() + 1) / 256 - 1
+
+
+def _check_labels(labels, count: int, what: str) -> torch.Tensor:
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if labels.shape != (count,) or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{what} must be {count} integers in 0..9 (one per image), got shape {tuple(labels.shape)}")
+    return labels
+
+
+def accuracy(model: DigitClassifier, images, labels, batch_size: int = 512) -> float:
+    """Fraction of uint8 NHWC `images` whose predicted class equals `labels`."""
+    images = check_images(images)
+    labels = _check_labels(labels, len(images), "labels")
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(_to_data_scale(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def train_classifier(train_images, train_labels, val_images=None, val_labels=None, *, seed: int = 0,
+                     steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 1e-4,
+                     channels: int = 32, feature_dim: int = 64) -> tuple[DigitClassifier, dict]:
+    """Train a DigitClassifier with Adam + cross-entropy; returns (model in eval mode, meta dict).
+
+    meta holds the hyper-parameters, the final training loss and, given a validation split,
+    its accuracy (`val_accuracy`). Deterministic for a given seed; global RNG state is untouched.
+    """
+    images = check_images(train_images)
+    if images.shape[-1] != 1:
+        raise ValueError(f"the digit classifier takes 1-channel images, got {images.shape[-1]} channels")
+    labels = _check_labels(train_labels, len(images), "train_labels")
+    x = _to_data_scale(images)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DigitClassifier(channels=channels, feature_dim=feature_dim)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(len(x), (batch_size,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(x[index]), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    meta = dict(model.config, seed=seed, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                train_images=len(images), final_train_loss=float(loss))
+    if val_images is not None:
+        meta.update(val_images=len(val_images), val_accuracy=accuracy(model, val_images, val_labels))
+    return model, meta
+
+
+def _replace(tmp: Path, path: Path):
+    os.replace(tmp, path)
+
+
+def save_classifier(stem, model: DigitClassifier, meta: dict | None = None):
+    """Write `stem.safetensors` (weights) and `stem.json` (architecture + meta), each via a temporary name."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    weights, info = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights) + ".tmp")
+    info_tmp = Path(str(info) + ".tmp")
+    info_tmp.write_text(json.dumps({"config": model.config, "meta": meta or {}}, indent=2) + "\n")
+    _replace(Path(str(weights) + ".tmp"), weights)
+    _replace(info_tmp, info)
+
+
+def load_classifier(stem) -> tuple[DigitClassifier, dict]:
+    """Read a classifier written by `save_classifier`; returns (model in eval mode, meta). Executes no code."""
+    stem = Path(stem)
+    weights, info = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    for path in (weights, info):
+        if not path.is_file():
+            raise FileNotFoundError(f"classifier file {path} is missing (expected {stem}.safetensors and {stem}.json)")
+    record = json.loads(info.read_text())
+    model = DigitClassifier(**record["config"])
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), record.get("meta", {})
+
+
+# ----------------------------------------------------------------------------
+# Feature extractors (clean-fid contract: float NCHW in [0, 255] -> [N, F]).
+
+EXTRACTORS = ("digits",)
+
+
+def feature_extractor(name: str, *, classifier: DigitClassifier | None = None):
+    """Callable with clean-fid's contract for extractor `name` (one of EXTRACTORS)."""
+    if name == "digits":
+        if not isinstance(classifier, DigitClassifier):
+            raise ValueError("feature extractor 'digits' needs classifier=<DigitClassifier> (see train_classifier)")
+        classifier.eval()
+        return lambda batch: classifier.embed(_to_data_scale(batch))
+    raise ValueError(f"unknown feature extractor {name!r}; allowed: {', '.join(EXTRACTORS)}")
+
+
+def features(extractor, images, batch_size: int = 256) -> np.ndarray:
+    """uint8 NHWC images -> float64 [N, F] features. `extractor`: a DigitClassifier or a clean-fid-style callable."""
+    images = check_images(images)
+    if isinstance(extractor, DigitClassifier):
+        extractor = feature_extractor("digits", classifier=extractor)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches = [images[i:i + batch_size].permute(0, 3, 1, 2).float() for i in range(0, len(images), batch_size)]
+    return np.concatenate([get_batch_features(b, extractor, torch.device("cpu")) for b in batches]).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------
+# Statistics and distance.
+
+
+def statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (unbiased, as clean-fid's fid_from_feats) of [N, F] features, N >= 2."""
+    feats = np.asarray(feats, dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[0] < 2 or not np.isfinite(feats).all():
+        raise ValueError(f"features must be a finite [N, F] array with N >= 2, got shape {feats.shape}")
+    return feats.mean(axis=0), np.atleast_2d(np.cov(feats, rowvar=False))
+
+
+def save_statistics(path, mu: np.ndarray, sigma: np.ndarray, *, num_images: int | None = None):
+    """Write mu, sigma (and the image count, if given) to an .npz via a temporary name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "wb") as file:
+        np.savez(file, mu=mu, sigma=sigma, num_images=-1 if num_images is None else num_images)
+    _replace(tmp, path)
+
+
+def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["mu"], data["sigma"]
+
+
+def fid(stats_a, stats_b) -> float:
+    """Frechet distance ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between (mu, sigma) pairs."""
+    (mu_a, sigma_a), (mu_b, sigma_b) = stats_a, stats_b
+    if np.shape(mu_a) != np.shape(mu_b) or np.shape(sigma_a) != np.shape(sigma_b):
+        raise ValueError(f"statistics disagree in feature size: mu {np.shape(mu_a)} vs {np.shape(mu_b)}, "
+                         f"sigma {np.shape(sigma_a)} vs {np.shape(sigma_b)} (same feature extractor?)")
+    return float(frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
+
+
+def seed_spread(reference, feature_groups) -> dict:
+    """FID of each group of samples (disjoint seed ranges, equal size) against `reference` (mu, sigma).
+
+    Returns fids (per group), mean, std (ddof=1: the spread of FID across sampling seeds at this
+    group size) and group_size. We use disjoint seed groups, not a bootstrap over images: resampling
+    with replacement duplicates images, which shrinks the sample covariance and biases FID upward,
+    so a bootstrap's spread is not the spread one sees when drawing new seeds. The spread belongs to
+    FID at `group_size` samples; FID computed from more samples varies less.
+    """
+    groups = [np.asarray(g) for g in feature_groups]
+    sizes = {len(g) for g in groups}
+    if len(groups) < 2 or len(sizes) != 1:
+        raise ValueError(f"need >= 2 feature groups of equal size, got sizes {[len(g) for g in groups]}")
+    fids = np.array([fid(statistics(g), reference) for g in groups])
+    return dict(fids=fids.tolist(), mean=float(fids.mean()), std=float(fids.std(ddof=1)), group_size=sizes.pop())
+
+
+def split_seed_groups(feats: np.ndarray, num_groups: int) -> list[np.ndarray]:
+    """Split features of seeds 0..N-1 (in seed order) into `num_groups` disjoint contiguous seed ranges."""
+    if num_groups < 2 or len(feats) < 2 * num_groups:
+        raise ValueError(f"cannot split {len(feats)} samples into {num_groups} groups (need >= 2 groups of >= 2)")
+    size = len(feats) // num_groups
+    return [feats[k * size:(k + 1) * size] for k in range(num_groups)]

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from expertmerge.experts import GaussianExpert
+
+torch.set_num_threads(1)
+
+
+def gaussian_data(dim_shape=(1, 2, 2), seed=0):
+    """A fixed Gaussian N(mean, cov) with eigenvalues spread over ~[0.01, 0.3]."""
+    generator = torch.Generator().manual_seed(seed)
+    dim = int(torch.tensor(dim_shape).prod())
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.linspace(0.01, 0.3, dim, dtype=torch.float64)
+    cov = q @ torch.diag(eigenvalues) @ q.T
+    mean = 0.3 * torch.randn(dim_shape, generator=generator, dtype=torch.float64)
+    return mean, cov
+
+
+@pytest.fixture
+def gaussian():
+    mean, cov = gaussian_data()
+    return GaussianExpert(mean, cov, gamma_min=-13.3, gamma_max=8.764)
+
+
+class Spy:
+    """Wraps an expert; records every noise level it is asked for and counts evaluated rows."""
+
+    def __init__(self, expert, gamma_min=None, gamma_max=None):
+        self.expert = expert
+        self.gamma_min = expert.gamma_min if gamma_min is None else gamma_min
+        self.gamma_max = expert.gamma_max if gamma_max is None else gamma_max
+        self.gammas, self.calls, self.rows = [], 0, 0
+
+    def denoise(self, x, s):
+        s = torch.as_tensor(s, dtype=torch.float64).expand(x.shape[0])
+        self.gammas.extend((2 * torch.log(s)).tolist())
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.expert.denoise(x, s)

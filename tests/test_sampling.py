@@ -76,7 +76,7 @@ def test_heun_steps_never_straddle_the_switch(gaussian):
     assert record.nfe.tolist() == [37] * 3 == [quality.calls + likelihood.calls] * 3
 
 
-@pytest.mark.parametrize("sampler, atol", [(sample_heun, 1e-5), (sample_ancestral, 1e-5), (sample_ode, 1e-3)])
+@pytest.mark.parametrize("sampler, atol", [(sample_heun, 1e-5), (sample_ancestral, 1e-5), (sample_ode, 1e-4)])
 def test_images_do_not_depend_on_batch_size(gaussian, sampler, atol):
     seeds = range(100, 164)
     runs = [sampler(gaussian, seeds, SHAPE, batch_size=b) for b in (1, 7, 64)]

@@ -26,24 +26,26 @@ def eta_range(quality, likelihood) -> tuple[float, float]:
 
     The likelihood expert must cover [gamma_0, gamma_eta], the quality expert [gamma_eta, gamma_1].
     """
-    return _feasible_etas([check_expert(likelihood, "likelihood expert"), check_expert(quality, "quality expert")])[0]
+    experts = [check_expert(likelihood, "likelihood expert"), check_expert(quality, "quality expert")]
+    return feasible_etas([(e.gamma_min, e.gamma_max) for e in experts])[0]
 
 
-def _feasible_etas(experts: Sequence):
-    """Per switch k between experts[k] and experts[k+1] (low to high noise): its (eta_lo, eta_hi)."""
-    gamma_0, gamma_1 = merged_range(experts)
-    describe = ", ".join(f"[{e.gamma_min:.4g}, {e.gamma_max:.4g}]" for e in experts)
-    if experts[0].gamma_min > gamma_0 or experts[-1].gamma_max < gamma_1:
+def feasible_etas(gamma_ranges: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """For experts with these gamma ranges (low to high noise), the feasible (eta_lo, eta_hi) of each switch."""
+    ranges = [(float(lo), float(hi)) for lo, hi in gamma_ranges]
+    gamma_0, gamma_1 = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+    describe = ", ".join(f"[{lo:.4g}, {hi:.4g}]" for lo, hi in ranges)
+    if ranges[0][0] > gamma_0 or ranges[-1][1] < gamma_1:
         raise ValueError(f"cannot merge experts with gamma ranges {describe} (low to high noise): the "
                          "lowest-noise expert must reach the lowest gamma and the highest-noise expert the highest")
-    ranges = []
-    for low, high in zip(experts[:-1], experts[1:]):
-        lo, hi = max(high.gamma_min, gamma_0), min(low.gamma_max, gamma_1)
+    feasible = []
+    for low, high in zip(ranges[:-1], ranges[1:]):
+        lo, hi = max(high[0], gamma_0), min(low[1], gamma_1)
         if lo > hi:
-            raise ValueError(f"experts with gamma ranges [{low.gamma_min:.4g}, {low.gamma_max:.4g}] and "
-                             f"[{high.gamma_min:.4g}, {high.gamma_max:.4g}] do not overlap: no switch level is feasible")
-        ranges.append(((lo - gamma_0) / (gamma_1 - gamma_0), (hi - gamma_0) / (gamma_1 - gamma_0)))
-    return ranges
+            raise ValueError(f"experts with gamma ranges [{low[0]:.4g}, {low[1]:.4g}] and [{high[0]:.4g}, "
+                             f"{high[1]:.4g}] do not overlap: no switch level is feasible")
+        feasible.append(((lo - gamma_0) / (gamma_1 - gamma_0), (hi - gamma_0) / (gamma_1 - gamma_0)))
+    return feasible
 
 
 def _as_eta(eta) -> float:
@@ -95,7 +97,7 @@ def switch_many(experts: Sequence, etas: Sequence[float]) -> PiecewiseExpert:
     etas = [_as_eta(eta) for eta in etas]
     if any(b < a for a, b in zip(etas[:-1], etas[1:])):
         raise ValueError(f"switch levels must increase from low to high noise, got {list(etas)}")
-    for k, (eta, (lo, hi)) in enumerate(zip(etas, _feasible_etas(experts))):
+    for k, (eta, (lo, hi)) in enumerate(zip(etas, feasible_etas([(e.gamma_min, e.gamma_max) for e in experts]))):
         if not (math.isfinite(eta) and lo - 1e-12 <= eta <= hi + 1e-12):
             raise ValueError(f"switch level eta={eta!r} between expert {k} and {k + 1} is outside the feasible "
                              f"range [{lo:.4f}, {hi:.4f}] (Eq. 15, merged gamma range [{gamma_0:.4g}, {gamma_1:.4g}])")
@@ -138,7 +140,7 @@ class BlendedExpert(Expert):
 def blend(quality, likelihood, eta: float, window: float) -> BlendedExpert:
     """Blend over a gamma window of width `window` centred on gamma_eta; both experts must cover it."""
     likelihood, quality = check_expert(likelihood, "likelihood expert"), check_expert(quality, "quality expert")
-    (lo, hi), = _feasible_etas([likelihood, quality])
+    (lo, hi), = feasible_etas([(e.gamma_min, e.gamma_max) for e in (likelihood, quality)])
     gamma_0, gamma_1 = merged_range([likelihood, quality])
     if not (math.isfinite(window) and window > 0):
         raise ValueError(f"blend window must be a positive width in gamma, got {window!r}")

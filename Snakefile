@@ -1,0 +1,29 @@
+# expertmerge: merge pretrained diffusion experts by noise level and regenerate the paper's
+# tables and figures. Rules hold no numerics: each calls one `expertmerge <command>`.
+from snakemake.utils import min_version, validate
+
+min_version("9.20")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/experts.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/fid.smk"
+include: "workflow/rules/likelihood.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        experiment_targets(config["demo"]),

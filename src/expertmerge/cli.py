@@ -1,0 +1,337 @@
+"""`expertmerge <command>`: one command per pipeline step, usable by hand (`expertmerge --help`).
+
+Each command reads its inputs, calls the library, and writes its outputs atomically. Imports are
+made inside the commands so that a job loads only what it needs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+log = logging.getLogger("expertmerge")
+
+
+def seed_range(text: str) -> range:
+    """'start:stop' -> range(start, stop)."""
+    try:
+        start, stop = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must look like START:STOP, got {text!r}") from None
+    if not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"seeds START:STOP need 0 <= START < STOP, got {text!r}")
+    return range(start, stop)
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+class Progress:
+    """Log lines with items done, rate and ETA (the job logs are files, so no carriage returns)."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.start = total, what, time.perf_counter()
+
+    def __call__(self, done: int, **extra):
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.total - done) if done else float("nan")
+        more = "".join(f", {key} {value}" for key, value in extra.items())
+        log.info("%s %d/%d (%.1f%%)%s, elapsed %.0f s, ETA %.0f s", self.what, done, self.total,
+                 100 * done / self.total, more, elapsed, eta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands.
+
+def cmd_dataset(args):
+    from .datasets import load_digits_splits, save_splits
+
+    splits = load_digits_splits(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    save_splits(args.out, splits, {"source": args.source, "seed": args.seed, "val_fraction": args.val_fraction,
+                                   "test_fraction": args.test_fraction})
+    log.info("wrote %s: %s", args.out, {name: len(images) for name, images in splits.items()})
+
+
+def cmd_train_expert(args):
+    from .datasets import load_splits
+    from .training import train_expert
+
+    splits = load_splits(args.data)
+    train_expert(args.family, splits["train"], splits["val"], steps=args.steps, batch_size=args.batch_size,
+                 lr=args.lr, ema_decay=args.ema_decay, seed=args.seed, eval_every=args.eval_every,
+                 gamma_min=args.gamma_min, gamma_max=args.gamma_max, out_stem=args.out)
+
+
+def cmd_train_classifier(args):
+    from .datasets import load_splits
+    from .fid import accuracy, save_classifier, train_classifier
+
+    splits = load_splits(args.data)
+    model = train_classifier(splits["train"], splits["train_labels"], splits["val"], splits["val_labels"],
+                             seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    test_accuracy = accuracy(model, splits["test"], splits["test_labels"])
+    save_classifier(args.out, model, {"test_accuracy": test_accuracy, "steps": args.steps, "seed": args.seed})
+    log.info("classifier test accuracy %.4f; wrote %s", test_accuracy, args.out)
+
+
+def cmd_reference_stats(args):
+    from .datasets import load_splits
+    from .fid import feature_extractor, features, load_classifier, save_statistics, statistics
+
+    model, _ = load_classifier(args.features)
+    images = load_splits(args.data)[args.split]
+    mu, sigma = statistics(features(feature_extractor("digits-classifier", classifier=model), images))
+    save_statistics(args.out, mu, sigma, num_images=len(images))
+    log.info("reference statistics of %d %s images -> %s", len(images), args.split, args.out)
+
+
+def cmd_sample(args):
+    import numpy as np
+
+    from .fid import feature_extractor, features, load_classifier
+    from .pipeline import build_expert
+    from .sampling import sample_ancestral, sample_heun, sample_ode
+    from .shards import save_sample_shard
+
+    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta)
+    sampler, options = {
+        "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol}),
+        "ancestral": (sample_ancestral, {"steps": args.steps}),
+        "heun": (sample_heun, {"steps": args.steps}),
+    }[args.sampler]
+    seeds, images, nfe = list(args.seeds), [], []
+    progress = Progress(len(seeds), f"{args.sampler} samples at eta={args.eta}")
+    for start in range(0, len(seeds), args.batch_size):  # image i uses seed i: batching changes nothing
+        record = sampler(expert, seeds[start:start + args.batch_size], shape, batch_size=args.batch_size, **options)
+        images.append(record.images.numpy())
+        nfe.append(record.nfe.numpy())
+        progress(start + len(record.nfe), nfe=int(record.nfe[0]))
+    images, nfe = np.concatenate(images), np.concatenate(nfe)
+    model, _ = load_classifier(args.features)
+    feats = features(feature_extractor("digits-classifier", classifier=model), images)
+    save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats,
+                      record={**choice.record(), "sampler": args.sampler, **options})
+    log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
+
+
+def cmd_fid(args):
+    import numpy as np
+
+    from .fid import fid, load_statistics, seed_spread, split_seed_groups, statistics
+    from .shards import load_shard, write_json
+
+    shards = [load_shard(path, "features", "nfe") for path in args.shards]
+    feats = np.concatenate([shard["features"] for shard in shards])
+    nfe = np.concatenate([shard["nfe"] for shard in shards])
+    reference = load_statistics(args.reference)
+    spread = seed_spread(reference, split_seed_groups(feats, args.seed_groups))
+    record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol", "steps")}
+    result = {**record, "fid": fid(statistics(feats), reference), "fid_spread": spread["std"],
+              "seed_groups": args.seed_groups, "nfe_mean": float(nfe.mean()), "num_samples": len(feats)}
+    write_json(args.out, [result])
+    log.info("FID %.3f (spread %.3f over %d seed groups) from %d samples", result["fid"], result["fid_spread"],
+             args.seed_groups, len(feats))
+
+
+def _test_shard(args):
+    from .datasets import load_splits
+    from .pipeline import shard_ranges
+
+    images = load_splits(args.data)[args.split]
+    size = -(-len(images) // args.shards)  # equal shards of the split, the last one shorter
+    start, stop = shard_ranges(len(images), size)[args.shard]
+    return images[start:stop], range(start, stop)
+
+
+def cmd_nll(args):
+    import pandas as pd
+
+    from .likelihood import ode_nll
+    from .pipeline import build_expert
+    from .shards import write_csv
+
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta)
+    images, indices = _test_shard(args)
+    progress = Progress(len(indices), f"ODE NLL at eta={args.eta}")
+    result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
+                     dequantization=args.dequantization, batch_size=args.batch_size, progress=progress)
+    frame = pd.DataFrame({"image": list(indices), "bpd": result.bpd.numpy(), "nfe": result.nfe.numpy()})
+    for key, value in choice.record().items():
+        frame[key] = value
+    write_csv(args.out, frame)
+    log.info("mean %.4f bpd (s.e. %.4f) over %d images", result.mean(), result.standard_error(), len(indices))
+
+
+def cmd_vlb(args):
+    from .likelihood import vlb
+    from .pipeline import build_expert
+    from .shards import write_json
+
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta)
+    from .datasets import load_splits
+
+    images = load_splits(args.data)[args.split]
+    result = vlb(expert, images, seed=args.seed, batch_size=args.batch_size)
+    means = {name: float(getattr(result, name).mean()) for name in ("prior", "reconstruction", "diffusion")}
+    write_json(args.out, [{**choice.record(), "run": args.seed, "vlb": float(result.bpd.mean()), **means,
+                           "num_images": len(images)}])
+    log.info("VLB %.4f bpd (%s)", result.bpd.mean(), ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+
+def cmd_table(args):
+    from pathlib import Path
+
+    from . import tables
+
+    records = tables.load_records(*args.inputs)
+    if args.table == 1:
+        summary = tables.summarize(records, "bpd", by=tables.KEYS + ("gamma_min", "gamma_max"))
+        nfe = tables.summarize(records, "nfe", by=tables.KEYS)[["eta_label", "nfe_mean"]]
+        table = tables.table1(summary.merge(nfe, on="eta_label"))
+    else:
+        table = {2: tables.table2, 4: tables.table4}[args.table](records)
+    written = tables.write_table(table, Path(args.out).with_suffix(""))
+    log.info("wrote %s", ", ".join(map(str, written)))
+
+
+def cmd_figure_tradeoff(args):
+    from . import figures, tables
+
+    figures.tradeoff_figure(tables.load_records(*args.nll), tables.load_records(*args.vlb),
+                            tables.load_records(*args.fid), args.out)
+
+
+def cmd_figure_grid(args):
+    from . import figures
+    from .shards import load_shard
+
+    shards = [load_shard(path, "images") for path in args.shards]
+    columns = [shard["record"]["eta_label"] for shard in shards]
+    panels = [shard["images"][:args.count] for shard in shards]
+    if args.kind == "fixed-noise":
+        figures.fixed_noise_grid(panels, columns, args.out)
+    else:
+        figures.sample_grids(panels, columns, args.out, title=args.title)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsing.
+
+def _experts(parser):
+    parser.add_argument("--quality", required=True, help="quality expert checkpoint stem (.safetensors + .json)")
+    parser.add_argument("--likelihood", required=True, help="likelihood expert checkpoint stem")
+    parser.add_argument("--eta", required=True, help="switch level: a number, eta_min, eta_max or an expert's name")
+
+
+def _common(parser, out_help):
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expertmerge", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, handler, help_text, out_help):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        _common(sub, out_help)
+        return sub
+
+    sub = command("dataset", cmd_dataset, "split a data set into train/val/test uint8 arrays", "splits .npz")
+    sub.add_argument("--source", choices=["sklearn-digits"], default="sklearn-digits")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--val-fraction", type=float, default=0.1)
+    sub.add_argument("--test-fraction", type=float, default=0.2)
+
+    sub = command("train-expert", cmd_train_expert, "train an expert (EDM loss or VDM ELBO)", "checkpoint stem")
+    sub.add_argument("--family", choices=["edm", "vdm"], required=True)
+    sub.add_argument("--data", required=True, help="splits .npz from `expertmerge dataset`")
+    sub.add_argument("--gamma-min", type=float, required=True)
+    sub.add_argument("--gamma-max", type=float, required=True)
+    for flag, kind in (("--steps", int), ("--batch-size", int), ("--lr", float), ("--ema-decay", float),
+                       ("--eval-every", int), ("--seed", int)):
+        sub.add_argument(flag, type=kind, required=True)
+
+    sub = command("train-classifier", cmd_train_classifier, "train the digit classifier for FID features",
+                  "classifier stem")
+    sub.add_argument("--data", required=True)
+    for flag, kind in (("--steps", int), ("--batch-size", int), ("--lr", float), ("--seed", int)):
+        sub.add_argument(flag, type=kind, required=True)
+
+    sub = command("reference-stats", cmd_reference_stats, "FID reference statistics of a split", "statistics .npz")
+    sub.add_argument("--data", required=True)
+    sub.add_argument("--split", default="train")
+    sub.add_argument("--features", required=True, help="classifier stem")
+
+    sub = command("sample", cmd_sample, "generate one shard of samples (and their FID features)", "shard .npz")
+    _experts(sub)
+    sub.add_argument("--sampler", choices=["ode", "ancestral", "heun"], required=True)
+    sub.add_argument("--seeds", type=seed_range, required=True, help="START:STOP; image i uses seed i")
+    sub.add_argument("--rtol", type=positive_float, default=1e-5)
+    sub.add_argument("--atol", type=positive_float, default=1e-5)
+    sub.add_argument("--steps", type=int, default=None, help="ancestral: 256, heun: 18 by default")
+    sub.add_argument("--batch-size", type=int, default=500)
+    sub.add_argument("--features", required=True, help="classifier stem for the FID features")
+
+    sub = command("fid", cmd_fid, "FID of one (sampler, eta) from its shards' features", "result .json")
+    sub.add_argument("--reference", required=True)
+    sub.add_argument("--shards", nargs="+", required=True)
+    sub.add_argument("--seed-groups", type=int, default=5, help="disjoint seed groups for the FID spread")
+
+    for name, handler, text, out in (("nll", cmd_nll, "PF-ODE NLL of one shard of a split", "per-image .csv"),
+                                     ("vlb", cmd_vlb, "one run of the variational bound on a split", "result .json")):
+        sub = command(name, handler, text, out)
+        _experts(sub)
+        sub.add_argument("--data", required=True)
+        sub.add_argument("--split", default="test")
+        sub.add_argument("--batch-size", type=int, default=400)
+    sub.add_argument("--seed", type=int, required=True, help="run seed")
+    sub = commands.choices["nll"]
+    sub.add_argument("--shard", type=int, default=0)
+    sub.add_argument("--shards", type=int, default=1)
+    sub.add_argument("--rtol", type=positive_float, default=1e-5)
+    sub.add_argument("--atol", type=positive_float, default=1e-5)
+    sub.add_argument("--dequantization", choices=["tn", "uniform"], default="tn")
+
+    sub = command("table", cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
+    sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
+    sub.add_argument("--inputs", nargs="+", required=True)
+
+    sub = command("figure-tradeoff", cmd_figure_tradeoff, "Fig. 2: NLL and FID against eta", "figure .png path")
+    for flag in ("--nll", "--vlb", "--fid"):
+        sub.add_argument(flag, nargs="+", required=True)
+
+    sub = command("figure-grid", cmd_figure_grid, "Fig. 3 (fixed noise) or Figs. 6-7 (samples) per eta",
+                  "figure .png path")
+    sub.add_argument("--kind", choices=["fixed-noise", "samples"], required=True)
+    sub.add_argument("--count", type=int, required=True, help="rows (fixed-noise) or samples per panel")
+    sub.add_argument("--shards", nargs="+", required=True, help="shard 0 of each eta, in column order")
+    sub.add_argument("--title", default="")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if getattr(args, "steps", 0) is None:
+        args.steps = {"ancestral": 256, "heun": 18}.get(getattr(args, "sampler", ""), None)
+    try:
+        args.handler(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+        log.error("%s: %s", type(error).__name__, error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+# Stage 4: FID. The feature network (a digit classifier on the demo) and the reference
+# statistics come from the training split; one FID per (sampler, eta) from its shards' features.
+
+
+rule train_classifier:
+    input:
+        splits=rules.dataset.output.splits,
+    output:
+        weights=RESULTS + "/fid/classifier.safetensors",
+        record=RESULTS + "/fid/classifier.json",
+    params:
+        spec=lambda w: experiment(w)["fid"]["classifier"],
+        stem=lambda w: f"results/{w.experiment}/fid/classifier",
+    threads: 1
+    log:
+        RESULTS + "/logs/train_classifier.log",
+    shell:
+        "expertmerge train-classifier --data {input.splits} --steps {params.spec[steps]}"
+        " --batch-size {params.spec[batch_size]} --lr {params.spec[lr]} --seed {params.spec[seed]}"
+        " --threads {threads} --out {params.stem} > {log} 2>&1"
+
+
+rule reference_statistics:
+    input:
+        splits=rules.dataset.output.splits,
+        classifier=rules.train_classifier.output.weights,
+    output:
+        RESULTS + "/fid/reference.npz",
+    params:
+        classifier=lambda w: f"results/{w.experiment}/fid/classifier",
+    threads: 1
+    log:
+        RESULTS + "/logs/reference_statistics.log",
+    shell:
+        "expertmerge reference-stats --data {input.splits} --split train --features {params.classifier}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule fid:
+    input:
+        reference=rules.reference_statistics.output,
+        shards=lambda w: [
+            f"results/{w.experiment}/samples/{w.sampler}/{w.eta}/shard{k}.npz"
+            for k in sample_shards(w.experiment)
+        ],
+    output:
+        RESULTS + "/fid/{sampler}/{eta}.json",
+    log:
+        RESULTS + "/logs/fid/{sampler}/{eta}.log",
+    shell:
+        "expertmerge fid --reference {input.reference} --shards {input.shards} --out {output} > {log} 2>&1"

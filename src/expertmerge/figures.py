@@ -1,0 +1,224 @@
+"""Figures 2-9 of the paper (matplotlib, Agg): the eta trade-off plot and sample grids.
+
+Inputs are result records as described in `tables` (eta_label, eta, bpd_mean, ...) and uint8 NHWC
+images (1 or 3 channels). Every figure is written as stem.png and stem.pdf via temporary names.
+Image grids are laid out in whole pixels: each image pixel becomes a `scale` x `scale` block, so the
+PNG's size is known in advance and nothing is resampled.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .images import check_images  # noqa: E402
+from .tables import SAMPLER_NAMES, check_records  # noqa: E402
+
+DPI = 100
+GAP = 2         # pixels between images in a grid
+TITLE_PX = 22   # height of a title band above a column or panel
+LABEL_PX = 60   # width of the row-label band of the fixed-noise grid
+
+
+def column_title(eta_label: str) -> str:
+    """Short title: 'EDM', 'ηmin', 'η=0.3', 'ηmax', 'VDM'."""
+    label = str(eta_label)
+    if label in ("eta_min", "eta_max"):
+        return "η" + label[4:]
+    try:
+        float(label)
+        return f"η={label}"
+    except ValueError:
+        return label.upper()
+
+
+def save_figure(fig, stem, dpi: int = DPI) -> list[Path]:
+    """Write stem.png and stem.pdf (each to a temporary name, then renamed) and close the figure."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = stem.with_name(f"{stem.name}.{ext}")
+        tmp = path.with_name(path.name + ".tmp")
+        fig.savefig(tmp, format=ext, dpi=dpi)
+        os.replace(tmp, path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------
+# Fig. 2 / 4: NLL (left axis) and FID (right axis) against eta.
+
+
+def _curve(ax, df: pd.DataFrame, value: str, error: str | None, label: str, style: dict):
+    """Merged model as a line with error bars; unmerged baselines as distinct squares joined by dotted lines."""
+    df = df.sort_values("eta", kind="stable")
+    baseline = ~df["eta_label"].map(_is_merged)
+    merged = df[~baseline]
+    yerr = merged[error] if error in merged.columns else None
+    ax.errorbar(merged["eta"], merged[value], yerr=yerr, label=label, capsize=2, **style)
+    for _, row in df[baseline].iterrows():
+        nearest = merged.iloc[(merged["eta"] - row["eta"]).abs().argmin()] if len(merged) else row
+        ax.plot([row["eta"], nearest["eta"]], [row[value], nearest[value]], ":", color=style["color"])
+        ax.plot(row["eta"], row[value], "s", ms=8, mfc="white", mew=1.5, color=style["color"])
+
+
+def _is_merged(label: str) -> bool:
+    if label in ("eta_min", "eta_max"):
+        return True
+    try:
+        float(label)
+        return True
+    except ValueError:
+        return False
+
+
+def _eta_range(frames, eta_range):
+    """(eta_min, eta_max) as given, else read from rows labelled eta_min / eta_max."""
+    if eta_range is not None:
+        return eta_range
+    rows = pd.concat([f[["eta_label", "eta"]] for f in frames])
+    found = [rows.loc[rows["eta_label"] == k, "eta"] for k in ("eta_min", "eta_max")]
+    return tuple(float(f.iloc[0]) if len(f) else None for f in found)
+
+
+def tradeoff_figure(stem, *, nll_ode=None, nll_vlb=None, fid=None, eta_range=None, title=None) -> list[Path]:
+    """Fig. 2: ODE NLL (bpd_mean ± bpd_sem) and VLB (vlb_mean ± vlb_std) on the left axis, FID per
+    sampler (fid ± fid_spread) on the right, against eta; dashed lines at eta_min and eta_max."""
+    parts = {"ode": None if nll_ode is None else check_records(nll_ode, ("bpd_mean",)),
+             "vlb": None if nll_vlb is None else check_records(nll_vlb, ("vlb_mean",)),
+             "fid": None if fid is None else check_records(fid, ("sampler", "fid"))}
+    if all(p is None for p in parts.values()):
+        raise ValueError("tradeoff_figure needs at least one of nll_ode, nll_vlb, fid")
+    fig, left = plt.subplots(figsize=(6.4, 4.0))
+    right = left.twinx()
+    if parts["ode"] is not None:
+        _curve(left, parts["ode"], "bpd_mean", "bpd_sem", "NLL, ODE (TN)", dict(color="C0", marker="o"))
+    if parts["vlb"] is not None:
+        _curve(left, parts["vlb"], "vlb_mean", "vlb_std", "NLL, VLB", dict(color="C1", marker="^"))
+    for k, (sampler, df) in enumerate(parts["fid"].groupby("sampler", sort=False) if parts["fid"] is not None else []):
+        style = dict(color=f"C{k + 2}", marker="D", linestyle="--")
+        _curve(right, df, "fid", "fid_spread", f"FID, {SAMPLER_NAMES.get(sampler, sampler)} sampler", style)
+    for eta, name in zip(_eta_range([p for p in parts.values() if p is not None], eta_range), ("min", "max")):
+        if eta is not None:
+            left.axvline(eta, color="gray", linestyle="--", linewidth=1)
+            left.text(eta, 1.01, f"η{name}", transform=left.get_xaxis_transform(), ha="center", fontsize=8)
+    _eta_ticks(left, [p for p in parts.values() if p is not None])
+    left.set(xlabel="switch threshold η", ylabel="NLL (bits/dim)", xlim=(-0.05, 1.05))
+    right.set_ylabel("FID")
+    handles, labels = (sum(pair, []) for pair in zip(*(ax.get_legend_handles_labels() for ax in (left, right))))
+    handles.append(Line2D([], [], color="gray", linestyle=":", marker="s", mfc="white", label="unmerged baseline"))
+    labels.append("unmerged baseline")
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    if title:
+        left.set_title(title, pad=14)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return save_figure(fig, stem, dpi=150)
+
+
+def _eta_ticks(ax, frames):
+    """Ticks every 0.2; a tick at a baseline's plotting position shows the baseline's name instead."""
+    ticks = {round(t, 1): f"{t:.1f}" for t in np.linspace(0, 1, 6)}
+    rows = pd.concat([f[["eta_label", "eta"]] for f in frames]).drop_duplicates()
+    for label, eta in rows[~rows["eta_label"].map(_is_merged)].itertuples(index=False):
+        ticks[eta] = label.upper()
+    ax.set_xticks(list(ticks), list(ticks.values()))
+
+
+# ----------------------------------------------------------------------------
+# Figs. 3 / 5 (fixed noise, one column per eta) and 6-9 (random samples, one panel per eta).
+
+
+def mosaic(images, columns: int, scale: int = 1, gap: int = GAP) -> np.ndarray:
+    """uint8 NHWC -> one uint8 HxWxC image: `columns` per row, each pixel scale x scale, white gaps."""
+    images = check_images(images).numpy()
+    n, h, w, c = images.shape
+    rows = math.ceil(n / columns)
+    cell_h, cell_w = h * scale + gap, w * scale + gap
+    out = np.full((rows * cell_h - gap, columns * cell_w - gap, c), 255, dtype=np.uint8)
+    big = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    for i, image in enumerate(big):
+        r, q = divmod(i, columns)
+        out[r * cell_h:r * cell_h + h * scale, q * cell_w:q * cell_w + w * scale] = image
+    return out
+
+
+def _show(fig, array: np.ndarray, left_px: int, top_px: int):
+    """Draw `array` pixel-exact with its top-left corner at (left_px, top_px) in figure pixels."""
+    fig_w, fig_h = fig.get_size_inches() * DPI
+    h, w = array.shape[:2]
+    ax = fig.add_axes((left_px / fig_w, 1 - (top_px + h) / fig_h, w / fig_w, h / fig_h))
+    ax.imshow(array.squeeze(-1) if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    return ax
+
+
+def _check_columns(columns: Sequence) -> list:
+    columns = [(str(title), check_images(images)) for title, images in columns]
+    if not columns:
+        raise ValueError("no images given: need a sequence of (title, uint8 NHWC images) pairs, one per eta")
+    shapes = {tuple(images.shape) for _, images in columns}
+    if len(shapes) != 1:
+        raise ValueError(f"every eta needs the same number and shape of images, got shapes {sorted(shapes)}")
+    return columns
+
+
+def _default_scale(images, target_px: int) -> int:
+    return max(1, round(target_px / images.shape[1]))
+
+
+def fixed_noise_grid(stem, columns: Sequence, *, row_labels: Sequence[str] | None = None,
+                     scale: int | None = None) -> list[Path]:
+    """Fig. 3: columns = [(title, images [R, H, W, C]), ...], one per eta; row r of every column
+    starts from the same noise z1 (e.g. the same seed). Optional row labels on the left."""
+    columns = _check_columns(columns)
+    count, h, w, _ = columns[0][1].shape
+    if row_labels is not None and len(row_labels) != count:
+        raise ValueError(f"got {len(row_labels)} row labels for {count} rows of images")
+    scale = scale or _default_scale(columns[0][1], 64)
+    stacked = np.stack([images.numpy() for _, images in columns], axis=1).reshape(-1, *columns[0][1].shape[1:])
+    grid = mosaic(stacked, len(columns), scale)  # row r = one noise sample, column = one eta
+    label_px = LABEL_PX if row_labels is not None else 0
+    fig = plt.figure(figsize=((grid.shape[1] + label_px) / DPI, (grid.shape[0] + TITLE_PX) / DPI))
+    _show(fig, grid, label_px, TITLE_PX)
+    fig_w, fig_h = grid.shape[1] + label_px, grid.shape[0] + TITLE_PX
+    for q, (title, _) in enumerate(columns):
+        x = label_px + q * (w * scale + GAP) + w * scale / 2
+        fig.text(x / fig_w, 1 - (TITLE_PX / 2) / fig_h, title, ha="center", va="center", fontsize=9)
+    for r, label in enumerate(row_labels or []):
+        y = TITLE_PX + r * (h * scale + GAP) + h * scale / 2
+        fig.text((label_px - 4) / fig_w, 1 - y / fig_h, str(label), ha="right", va="center", fontsize=8)
+    return save_figure(fig, stem)
+
+
+def sample_panels(stem, panels: Sequence, *, panels_per_row: int = 4, images_per_row: int | None = None,
+                  scale: int | None = None, gap_px: int = 12) -> list[Path]:
+    """Figs. 6-9: panels = [(title, images [N, H, W, C]), ...], one panel of random samples per eta."""
+    panels = _check_columns(panels)
+    count = len(panels[0][1])
+    images_per_row = images_per_row or math.ceil(math.sqrt(count))
+    scale = scale or _default_scale(panels[0][1], 32)
+    tiles = [mosaic(images, images_per_row, scale) for _, images in panels]
+    tile_h, tile_w = tiles[0].shape[:2]
+    cols, rows = min(panels_per_row, len(tiles)), math.ceil(len(tiles) / panels_per_row)
+    cell_w, cell_h = tile_w + gap_px, tile_h + TITLE_PX + gap_px
+    fig_w, fig_h = cols * cell_w - gap_px, rows * cell_h - gap_px
+    fig = plt.figure(figsize=(fig_w / DPI, fig_h / DPI))
+    for k, ((title, _), tile) in enumerate(zip(panels, tiles)):
+        r, q = divmod(k, panels_per_row)
+        _show(fig, tile, q * cell_w, r * cell_h + TITLE_PX)
+        fig.text((q * cell_w + tile_w / 2) / fig_w, 1 - (r * cell_h + TITLE_PX / 2) / fig_h, title,
+                 ha="center", va="center", fontsize=9)
+    return save_figure(fig, stem)
+

@@ -1,0 +1,181 @@
+"""Tables 1, 2 and 4 of the paper from per-eta result records (pandas).
+
+A record is one row (dict / DataFrame row / CSV or JSON row) with these columns:
+  eta_label  str    "eta_min", "eta_max", a number such as "0.3" (the merged model at that eta), or the
+                    name of an unmerged baseline ("edm", "vdm", ...), shown upper-cased.
+  eta        float  position on the eta axis: the threshold itself for merged rows; by the paper's
+                    plotting convention 0 for the quality baseline (EDM) and 1 for the likelihood one (VDM).
+  gamma_min, gamma_max  float, optional: a baseline's native gamma range, shown in its label.
+  Table 1:   bpd_mean, bpd_sem (standard error across test images), nfe_mean   (ODE likelihood)
+  Table 2:   sampler ("ode", "ancestral", ...), fid, nfe_mean; optional fid_spread (std across seed groups)
+  Table 4:   vlb_mean, vlb_std (over runs); or per-run `vlb` rows, which are reduced with `summarize`
+Rows come out in eta order. Numbers stay numeric in the CSV; the .md and .tex files show "mean ± error".
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+KEYS = ("eta_label", "eta")
+SAMPLER_NAMES = {"ode": "ODE", "ancestral": "ancestral", "heun": "Heun"}  # display names; others shown as given
+
+
+def load_records(*paths) -> pd.DataFrame:
+    """Concatenate records from .csv / .json files (JSON: a list of objects)."""
+    readers = {".csv": pd.read_csv, ".json": pd.read_json}
+    frames = []
+    for path in map(Path, paths):
+        if path.suffix not in readers:
+            raise ValueError(f"records file {path} must end in .csv or .json")
+        frames.append(readers[path.suffix](path, dtype={"eta_label": str}))
+    return check_records(pd.concat(frames, ignore_index=True) if frames else [], ())
+
+
+def check_records(records, columns) -> pd.DataFrame:
+    """DataFrame of `records` with KEYS + `columns` present; numeric columns finite."""
+    df = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+    if df.empty:
+        raise ValueError("no result records given (need at least one row per eta)")
+    missing = [c for c in (*KEYS, *columns) if c not in df.columns]
+    if missing:
+        raise ValueError(f"result records lack column(s) {missing}; required: {list(KEYS) + list(columns)}, "
+                         f"present: {list(df.columns)}")
+    df["eta_label"] = df["eta_label"].astype(str)
+    for column in ("eta", *columns):
+        if column == "sampler":
+            continue
+        values = pd.to_numeric(df[column], errors="coerce")
+        if not np.isfinite(values).all():
+            raise ValueError(f"column {column!r} must hold finite numbers, got {df[column].tolist()}")
+        df[column] = values
+    if "dataset" in df.columns and df["dataset"].nunique() > 1:
+        raise ValueError(f"records mix datasets {sorted(df['dataset'].unique())}; build one table per dataset")
+    return df
+
+
+def summarize(df: pd.DataFrame, value: str, by=KEYS) -> pd.DataFrame:
+    """Reduce repeated rows (images, runs) to `{value}_mean`, `_std` (ddof=1), `_sem`, `_count` per group."""
+    df = check_records(df, (value,))
+    grouped = df.groupby(list(by), sort=False, dropna=False)[value]
+    out = grouped.agg(["mean", "std", "count"]).reset_index()
+    out["sem"] = out["std"] / np.sqrt(out["count"])
+    return out.rename(columns={k: f"{value}_{k}" for k in ("mean", "std", "count", "sem")})
+
+
+def row_label(record) -> str:
+    """Paper-style row label: 'EDM (γ ∈ [-12.43, 8.764])', 'Ours ηmin=0.0394', 'Ours η=0.3'."""
+    label, eta = str(record["eta_label"]), float(record["eta"])
+    if label in ("eta_min", "eta_max"):
+        return f"Ours η{label[4:]}={eta:.4f}".rstrip("0")
+    try:
+        float(label)
+        return f"Ours η={label}"
+    except ValueError:
+        pass
+    lo, hi = record.get("gamma_min", math.nan), record.get("gamma_max", math.nan)
+    return label.upper() + (f" (γ ∈ [{lo:.4g}, {hi:.4g}])" if np.isfinite([lo, hi]).all() else "")
+
+
+def _in_eta_order(df: pd.DataFrame, unique_by=("eta_label",)) -> pd.DataFrame:
+    duplicated = df.duplicated(list(unique_by))
+    if duplicated.any():
+        raise ValueError(f"more than one record for {df.loc[duplicated, list(unique_by)].to_dict('records')}; "
+                         "reduce repeated rows with summarize() first")
+    df = df.sort_values("eta", kind="stable").reset_index(drop=True)
+    df.insert(0, "Threshold", [row_label(r) for r in df.to_dict("records")])
+    return df
+
+
+def _finish(table: pd.DataFrame, decimals: dict, errors: dict) -> pd.DataFrame:
+    table.attrs.update(decimals=decimals, errors=errors)  # used by write_table for .md/.tex
+    return table
+
+
+def table1(records) -> pd.DataFrame:
+    """Table 1: ODE test NLL (bpd) ± standard error and NFE per eta."""
+    df = _in_eta_order(check_records(records, ("bpd_mean", "bpd_sem", "nfe_mean")))
+    table = df[["Threshold", "bpd_mean", "bpd_sem", "nfe_mean"]].set_axis(
+        ["Threshold", "NLL (bpd)", "NLL s.e.", "NFE"], axis=1)
+    return _finish(table, {"NLL (bpd)": 3, "NLL s.e.": 3, "NFE": 0}, {"NLL (bpd)": ("NLL s.e.", "s.e.")})
+
+
+def table2(records) -> pd.DataFrame:
+    """Table 2: FID (± spread across seed groups, if given) and NFE per eta, one column group per sampler."""
+    df = check_records(records, ("sampler", "fid", "nfe_mean"))
+    parts, decimals, errors = [], {}, {}
+    for sampler in df["sampler"].unique():
+        part = _in_eta_order(df[df["sampler"] == sampler])
+        name = SAMPLER_NAMES.get(sampler, sampler)
+        names = {"fid": f"FID ({name})", "fid_spread": f"FID spread ({name})", "nfe_mean": f"NFE ({name})"}
+        present = [c for c in names if c in part.columns and part[c].notna().any()]
+        parts.append(part.set_index(["eta", "Threshold"])[present].rename(columns=names))
+        decimals.update({names["fid"]: 2, names["fid_spread"]: 2, names["nfe_mean"]: 0})
+        errors[names["fid"]] = (names["fid_spread"], "seed spread")
+    table = pd.concat(parts, axis=1).sort_index(level="eta", kind="stable").reset_index().drop(columns="eta")
+    return _finish(table, decimals, errors)
+
+
+def table4(records) -> pd.DataFrame:
+    """Table 4: VLB (bpd) mean and std over runs per eta (per-run `vlb` rows are reduced first)."""
+    df = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records
+    if "vlb" in df.columns and "vlb_mean" not in df.columns:
+        extra = [c for c in ("gamma_min", "gamma_max") if c in df.columns]
+        df = summarize(df, "vlb", by=(*KEYS, *extra))
+    df = _in_eta_order(check_records(df, ("vlb_mean", "vlb_std")))
+    table = df[["Threshold", "vlb_mean", "vlb_std"]].set_axis(["Threshold", "VLB mean (bpd)", "VLB std"], axis=1)
+    return _finish(table, {"VLB mean (bpd)": 3, "VLB std": 3}, {})
+
+
+# ----------------------------------------------------------------------------
+# Writers.
+
+
+def display_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Strings for .md/.tex: fixed decimals per column; 'value ± error' where attrs['errors'] pairs two columns."""
+    decimals, errors = table.attrs.get("decimals", {}), table.attrs.get("errors", {})
+    text = lambda value, d: "" if pd.isna(value) else f"{value:.{d}f}"
+    shown = table.copy()
+    for column in table.columns:
+        if column in decimals:
+            shown[column] = [text(v, decimals[column]) for v in table[column]]
+    for column, (error, error_name) in errors.items():
+        if column in shown and error in shown:
+            shown[column] = [f"{v} ± {e}" if v and e else v for v, e in zip(shown[column], shown[error])]
+            shown = shown.drop(columns=error).rename(columns={column: f"{column} ± {error_name}"})
+    return shown
+
+
+def latex_text(text: str) -> str:
+    """Escape LaTeX specials and spell the table's Unicode symbols in math mode."""
+    for char in "\\&%#_{}$":
+        text = text.replace(char, "\\" + char)
+    for symbol, latex in (("ηmin", r"$\eta_{\min}$"), ("ηmax", r"$\eta_{\max}$"), ("η", r"$\eta$"),
+                          ("γ", r"$\gamma$"), ("∈", r"$\in$"), ("±", r"$\pm$")):
+        text = text.replace(symbol, latex)
+    return text
+
+
+def _write_text(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_table(table: pd.DataFrame, stem, caption: str | None = None) -> list[Path]:
+    """Write `stem.csv` (numbers), `stem.md` (GitHub markdown) and `stem.tex` (booktabs), each via a temp name."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(stem.name + ext) for ext in (".csv", ".md", ".tex")]
+    shown = display_frame(table)
+    _write_text(paths[0], table.to_csv(index=False))
+    _write_text(paths[1], (f"{caption}\n\n" if caption else "") + shown.to_markdown(
+        index=False, disable_numparse=True, colalign=("left",) + ("right",) * (len(shown.columns) - 1)) + "\n")
+    latex = shown.map(latex_text).rename(columns=latex_text)
+    style = latex.style.hide(axis="index")
+    _write_text(paths[2], style.to_latex(hrules=True, caption=latex_text(caption) if caption else None,
+                                         column_format="l" + "r" * (len(latex.columns) - 1)))
+    return paths

@@ -1,0 +1,161 @@
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from expertmerge import figures, tables
+
+LABELS = ["edm", "eta_min", "0.2", "0.4", "0.6", "eta_max", "vdm"]
+ETAS = [0.0, 0.0394, 0.2, 0.4, 0.6, 0.8294, 1.0]
+RANGES = {"edm": (-12.43, 8.764), "vdm": (-13.3, 5.0)}
+
+
+def records(sampler="ode", shift=0.0):
+    rows = []
+    for label, eta in zip(LABELS, ETAS):
+        row = dict(eta_label=label, eta=eta, sampler=sampler, bpd_mean=2.6 + (eta - 0.5) ** 2, bpd_sem=0.004,
+                   nfe_mean=200 + 50 * eta, fid=2 + 8 * eta ** 2 + shift, fid_spread=0.1, vlb_mean=2.65 + eta / 10,
+                   vlb_std=0.008)
+        if label in RANGES:
+            row.update(gamma_min=RANGES[label][0], gamma_max=RANGES[label][1])
+        rows.append(row)
+    return rows
+
+
+EXPECTED_ROWS = ["EDM (γ ∈ [-12.43, 8.764])", "Ours ηmin=0.0394", "Ours η=0.2", "Ours η=0.4", "Ours η=0.6",
+                 "Ours ηmax=0.8294", "VDM (γ ∈ [-13.3, 5])"]
+
+
+def test_table1_shape_order_values():
+    shuffled = records()[::-1]
+    table = tables.table1(shuffled)
+    assert list(table.columns) == ["Threshold", "NLL (bpd)", "NLL s.e.", "NFE"]
+    assert table["Threshold"].tolist() == EXPECTED_ROWS
+    assert np.isfinite(table.iloc[:, 1:].to_numpy(float)).all()
+    np.testing.assert_allclose(table["NLL (bpd)"], [2.6 + (e - 0.5) ** 2 for e in ETAS])
+
+
+def test_table2_one_column_group_per_sampler():
+    table = tables.table2(records("ode") + records("ancestral", shift=1.0))
+    assert list(table.columns) == ["Threshold", "FID (ODE)", "FID spread (ODE)", "NFE (ODE)",
+                                   "FID (ancestral)", "FID spread (ancestral)", "NFE (ancestral)"]
+    assert table["Threshold"].tolist() == EXPECTED_ROWS
+    np.testing.assert_allclose(table["FID (ancestral)"] - table["FID (ODE)"], 1.0)
+    assert np.isfinite(table.iloc[:, 1:].to_numpy(float)).all()
+
+
+def test_table4_from_summaries_and_from_runs():
+    table = tables.table4(records())
+    assert list(table.columns) == ["Threshold", "VLB mean (bpd)", "VLB std"]
+    assert table["Threshold"].tolist() == EXPECTED_ROWS
+    runs = [dict(eta_label=label, eta=eta, vlb=2.6 + eta + 0.01 * run) for label, eta in zip(LABELS, ETAS)
+            for run in range(10)]
+    from_runs = tables.table4(runs)
+    np.testing.assert_allclose(from_runs["VLB mean (bpd)"], [2.6 + e + 0.045 for e in ETAS])
+    np.testing.assert_allclose(from_runs["VLB std"], np.std(0.01 * np.arange(10), ddof=1))
+    assert from_runs["Threshold"].iloc[0] == "EDM"  # no gamma range given in these records
+
+
+def test_summarize_mean_std_sem():
+    rows = [dict(eta_label="0.3", eta=0.3, bpd=v) for v in (1.0, 2.0, 3.0, 6.0)]
+    out = tables.summarize(rows, "bpd").iloc[0]
+    assert out["bpd_mean"] == 3.0 and out["bpd_count"] == 4
+    assert out["bpd_std"] == pytest.approx(np.std([1, 2, 3, 6], ddof=1))
+    assert out["bpd_sem"] == pytest.approx(out["bpd_std"] / 2)
+
+
+def test_write_table_three_formats(tmp_path):
+    table = tables.table1(records())
+    paths = tables.write_table(table, tmp_path / "table1", caption="Test NLL per η")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table1.csv", "table1.md", "table1.tex"]
+    assert [p.name for p in paths] == ["table1.csv", "table1.md", "table1.tex"]
+    back = pd.read_csv(paths[0])
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    markdown, latex = paths[1].read_text(), paths[2].read_text()
+    for row in EXPECTED_ROWS:
+        assert row in markdown
+    assert "NLL (bpd) ± s.e." in markdown and "2.850 ± 0.004" in markdown  # EDM row
+    assert r"Ours $\eta_{\min}$=0.0394" in latex and r"$\gamma$ $\in$ [-13.3, 5]" in latex
+    assert r"\toprule" in latex and latex.count(r"\\") == len(EXPECTED_ROWS) + 1
+    assert "η" not in latex and "±" not in latex
+
+
+def test_bad_records_get_clear_errors():
+    with pytest.raises(ValueError, match="no result records"):
+        tables.table1([])
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['bpd_sem'\]"):
+        tables.table1([{k: v for k, v in r.items() if k != "bpd_sem"} for r in records()])
+    with pytest.raises(ValueError, match="finite numbers"):
+        tables.table1([dict(r, nfe_mean=float("nan")) for r in records()])
+    with pytest.raises(ValueError, match="more than one record"):
+        tables.table1(records() + records()[:1])
+    with pytest.raises(ValueError, match="mix datasets"):
+        tables.table4([dict(r, dataset=d) for r, d in zip(records(), ["cifar10", "imagenet32"] * 4)])
+
+
+def test_load_records_csv_and_json(tmp_path):
+    pd.DataFrame(records()[:3]).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame(records()[3:]).to_json(tmp_path / "b.json", orient="records")
+    df = tables.load_records(tmp_path / "a.csv", tmp_path / "b.json")
+    assert tables.table1(df)["Threshold"].tolist() == EXPECTED_ROWS
+    with pytest.raises(ValueError, match=".csv or .json"):
+        tables.load_records(tmp_path / "c.txt")
+
+
+def png_shape(path):
+    return matplotlib.image.imread(path).shape
+
+
+def test_tradeoff_figure(tmp_path):
+    paths = figures.tradeoff_figure(tmp_path / "fig2", nll_ode=records(), nll_vlb=records(),
+                                    fid=records("ode") + records("ancestral", 1.0), title="test")
+    assert [p.name for p in paths] == ["fig2.png", "fig2.pdf"]
+    assert png_shape(paths[0])[:2] == (600, 960) and paths[1].stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2.pdf", "fig2.png"]
+    with pytest.raises(ValueError, match="at least one"):
+        figures.tradeoff_figure(tmp_path / "none")
+    with pytest.raises(ValueError, match="lack column"):
+        figures.tradeoff_figure(tmp_path / "bad", fid=[{"eta_label": "0.3", "eta": 0.3}])
+
+
+def digits(n, channels=1, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 8, 8, channels), dtype=np.uint8)
+
+
+def test_fixed_noise_grid_pixel_size(tmp_path):
+    columns = [(figures.column_title(label), digits(5, seed=k)) for k, label in enumerate(LABELS)]
+    paths = figures.fixed_noise_grid(tmp_path / "fig3", columns, row_labels=[f"seed {i}" for i in range(5)], scale=4)
+    cell = 8 * 4 + figures.GAP
+    assert png_shape(paths[0])[:2] == (5 * cell - figures.GAP + figures.TITLE_PX,
+                                        len(LABELS) * cell - figures.GAP + figures.LABEL_PX)
+    assert paths[1].stat().st_size > 1000
+    assert [c[0] for c in columns] == ["EDM", "ηmin", "η=0.2", "η=0.4", "η=0.6", "ηmax", "VDM"]
+
+
+def test_fixed_noise_grid_pixels_are_the_images(tmp_path):
+    images = digits(2, channels=3)
+    path = figures.fixed_noise_grid(tmp_path / "g", [("a", images)], scale=3)[0]
+    png = (matplotlib.image.imread(path)[..., :3] * 255).round().astype(np.uint8)
+    top = figures.TITLE_PX
+    np.testing.assert_array_equal(png[top:top + 24:3, 0:24:3], images[0])
+    np.testing.assert_array_equal(png[top + 24 + figures.GAP:top + 48 + figures.GAP:3, 0:24:3], images[1])
+
+
+def test_sample_panels_pixel_size(tmp_path):
+    panels = [(figures.column_title(label), digits(9, channels=3, seed=k)) for k, label in enumerate(LABELS[:5])]
+    paths = figures.sample_panels(tmp_path / "fig6", panels, panels_per_row=3, scale=2, gap_px=10)
+    tile = 3 * (16 + figures.GAP) - figures.GAP
+    assert png_shape(paths[0])[:2] == (2 * (tile + figures.TITLE_PX + 10) - 10, 3 * (tile + 10) - 10)
+    assert paths[1].stat().st_size > 1000
+
+
+def test_grid_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        figures.sample_panels(tmp_path / "x", [])
+    with pytest.raises(ValueError, match="same number and shape"):
+        figures.fixed_noise_grid(tmp_path / "x", [("a", digits(2)), ("b", digits(3))])
+    with pytest.raises(ValueError, match="row labels"):
+        figures.fixed_noise_grid(tmp_path / "x", [("a", digits(2))], row_labels=["only one"])
+    with pytest.raises(TypeError, match="uint8"):
+        figures.sample_panels(tmp_path / "x", [("a", digits(2).astype(np.float32))])
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,15 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+wildcard_constraints:
+    experiment="|".join(config["experiments"]),
+    sampler="|".join(SAMPLERS),
+    shard=r"\d+",
+    run=r"\d+",
+    expert=r"[a-z][a-z0-9_-]*",
+    eta=r"[a-z0-9_.-]+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/experts.smk"
 include: "workflow/rules/sample.smk"

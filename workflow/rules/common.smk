@@ -1,19 +1,9 @@
-# Plumbing shared by the rule files: config lookups, eta labels, shards and target lists.
+# Plumbing for the workflow's stages: config lookups, eta labels, shards and target lists.
 from expertmerge.pipeline import check_config, eta_labels, expert_names, gamma_range, shard_ranges
 
 check_config(config)
 
 SAMPLERS = ["ode", "ancestral"]
-RESULTS = "results/{experiment}"
-
-
-wildcard_constraints:
-    experiment="|".join(config["experiments"]),
-    sampler="|".join(SAMPLERS),
-    shard=r"\d+",
-    run=r"\d+",
-    expert=r"[a-z][a-z0-9_-]*",
-    eta=r"[a-z0-9_.-]+",
 
 
 def experiment(wildcards):
@@ -49,3 +39,56 @@ def experiment_targets(name):
     tables = [f"{base}/tables/table{k}.{ext}" for k in (1, 2, 4) for ext in ("csv", "md", "tex")]
     figures = [f"{base}/figures/fig{k}.{ext}" for k in (2, 3, 6, 7) for ext in ("png", "pdf")]
     return tables + figures
+
+
+def sampler_options(wildcards):
+    sampling = experiment(wildcards)["sampling"]
+    if wildcards.sampler == "ode":
+        return f"--rtol {sampling['ode']['rtol']} --atol {sampling['ode']['atol']}"
+    return f"--steps {sampling['ancestral']['steps']}"
+
+
+def shard_seeds(wildcards):
+    sampling = experiment(wildcards)["sampling"]
+    start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(wildcards.shard)]
+    return f"{start}:{stop}"
+
+
+def per_eta(pattern, **extra):
+    """Files of `pattern` for every configured eta, in config order (and for `extra` wildcards)."""
+
+    def files(wildcards):
+        return expand(pattern, experiment=wildcards.experiment, eta=eta_labels(experiment(wildcards)), **extra)
+
+    return files
+
+
+def nll_files(wildcards):
+    return expand(
+        "results/{experiment}/nll/{eta}/shard{shard}.csv",
+        experiment=wildcards.experiment,
+        eta=eta_labels(experiment(wildcards)),
+        shard=nll_shards(wildcards.experiment),
+    )
+
+
+def vlb_files(wildcards):
+    return expand(
+        "results/{experiment}/vlb/{eta}/run{run}.json",
+        experiment=wildcards.experiment,
+        eta=eta_labels(experiment(wildcards)),
+        run=range(1, experiment(wildcards)["vlb"]["runs"] + 1),
+    )
+
+
+SAMPLE_FIGURES = {"6": "ode", "7": "ancestral"}
+
+
+def sample_panels(wildcards):
+    """Shard 0 of every eta for the sampler that figure `number` shows."""
+    return expand(
+        "results/{experiment}/samples/{sampler}/{eta}/shard0.npz",
+        experiment=wildcards.experiment,
+        sampler=SAMPLE_FIGURES[wildcards.number],
+        eta=eta_labels(experiment(wildcards)),
+    )

@@ -3,12 +3,14 @@
 
 rule dataset:
     output:
-        splits=RESULTS + "/data/splits.npz",
-        record=RESULTS + "/data/splits.json",
+        splits="results/{experiment}/data/splits.npz",
+        record="results/{experiment}/data/splits.json",
     params:
         data=lambda w: experiment(w)["data"],
+    conda:
+        "../../envs/expertmerge.yaml"
     log:
-        RESULTS + "/logs/dataset.log",
+        "results/{experiment}/logs/dataset.log",
     shell:
         "expertmerge dataset --source {params.data[source]} --seed {params.data[seed]}"
         " --val-fraction {params.data[val_fraction]} --test-fraction {params.data[test_fraction]}"

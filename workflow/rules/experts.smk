@@ -6,15 +6,17 @@ rule train_expert:
     input:
         splits=rules.dataset.output.splits,
     output:
-        weights=RESULTS + "/experts/{expert}.safetensors",
-        record=RESULTS + "/experts/{expert}.json",
+        weights="results/{experiment}/experts/{expert}.safetensors",
+        record="results/{experiment}/experts/{expert}.json",
     params:
         spec=lambda w: experiment(w)["experts"][w.expert],
         stem=lambda w: f"results/{w.experiment}/experts/{w.expert}",
         gamma_range=lambda w: gamma_range(experiment(w)["experts"][w.expert]["noise_range"]),
     threads: 1
+    conda:
+        "../../envs/expertmerge.yaml"
     log:
-        RESULTS + "/logs/train_expert/{expert}.log",
+        "results/{experiment}/logs/train_expert/{expert}.log",
     shell:
         "expertmerge train-expert --family {params.spec[family]} --data {input.splits}"
         " --gamma-min {params.gamma_range[0]} --gamma-max {params.gamma_range[1]}"

@@ -6,14 +6,16 @@ rule train_classifier:
     input:
         splits=rules.dataset.output.splits,
     output:
-        weights=RESULTS + "/fid/classifier.safetensors",
-        record=RESULTS + "/fid/classifier.json",
+        weights="results/{experiment}/fid/classifier.safetensors",
+        record="results/{experiment}/fid/classifier.json",
     params:
         spec=lambda w: experiment(w)["fid"]["classifier"],
         stem=lambda w: f"results/{w.experiment}/fid/classifier",
     threads: 1
+    conda:
+        "../../envs/expertmerge.yaml"
     log:
-        RESULTS + "/logs/train_classifier.log",
+        "results/{experiment}/logs/train_classifier.log",
     shell:
         "expertmerge train-classifier --data {input.splits} --steps {params.spec[steps]}"
         " --batch-size {params.spec[batch_size]} --lr {params.spec[lr]} --seed {params.spec[seed]}"
@@ -25,12 +27,14 @@ rule reference_statistics:
         splits=rules.dataset.output.splits,
         classifier=rules.train_classifier.output.weights,
     output:
-        RESULTS + "/fid/reference.npz",
+        "results/{experiment}/fid/reference.npz",
     params:
         classifier=lambda w: f"results/{w.experiment}/fid/classifier",
     threads: 1
+    conda:
+        "../../envs/expertmerge.yaml"
     log:
-        RESULTS + "/logs/reference_statistics.log",
+        "results/{experiment}/logs/reference_statistics.log",
     shell:
         "expertmerge reference-stats --data {input.splits} --split train --features {params.classifier}"
         " --threads {threads} --out {output} > {log} 2>&1"
@@ -44,8 +48,10 @@ rule fid:
             for k in sample_shards(w.experiment)
         ],
     output:
-        RESULTS + "/fid/{sampler}/{eta}.json",
+        "results/{experiment}/fid/{sampler}/{eta}.json",
+    conda:
+        "../../envs/expertmerge.yaml"
     log:
-        RESULTS + "/logs/fid/{sampler}/{eta}.log",
+        "results/{experiment}/logs/fid/{sampler}/{eta}.log",
     shell:
         "expertmerge fid --reference {input.reference} --shards {input.shards} --out {output} > {log} 2>&1"

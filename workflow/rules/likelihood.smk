@@ -7,13 +7,15 @@ rule nll_shard:
         experts=expert_files,
         splits=rules.dataset.output.splits,
     output:
-        RESULTS + "/nll/{eta}/shard{shard}.csv",
+        "results/{experiment}/nll/{eta}/shard{shard}.csv",
     params:
         experts=experts_argument,
         nll=lambda w: experiment(w)["nll"],
     threads: 1
+    conda:
+        "../../envs/expertmerge.yaml"
     log:
-        RESULTS + "/logs/nll/{eta}/shard{shard}.log",
+        "results/{experiment}/logs/nll/{eta}/shard{shard}.log",
     shell:
         "expertmerge nll {params.experts} --eta {wildcards.eta} --data {input.splits} --split test"
         " --shard {wildcards.shard} --shards {params.nll[shards]} --rtol {params.nll[rtol]}"
@@ -26,12 +28,14 @@ rule vlb_run:
         experts=expert_files,
         splits=rules.dataset.output.splits,
     output:
-        RESULTS + "/vlb/{eta}/run{run}.json",
+        "results/{experiment}/vlb/{eta}/run{run}.json",
     params:
         experts=experts_argument,
     threads: 1
+    conda:
+        "../../envs/expertmerge.yaml"
     log:
-        RESULTS + "/logs/vlb/{eta}/run{run}.log",
+        "results/{experiment}/logs/vlb/{eta}/run{run}.log",
     shell:
         "expertmerge vlb {params.experts} --eta {wildcards.eta} --data {input.splits} --split test"
         " --seed {wildcards.run} --threads {threads} --out {output} > {log} 2>&1"

@@ -60,14 +60,15 @@ def test_statistics_match_numpy_and_roundtrip(tmp_path):
         F.statistics(feats[:1])
 
 
-def test_classifier_accuracy(classifier):
-    _, meta = classifier
-    assert meta["val_accuracy"] > 0.9
+def test_classifier_accuracy(digits, classifier):
+    _, x_test, _, y_test = digits
+    assert F.accuracy(classifier, x_test, y_test) > 0.9
+    assert classifier.train_info["val_accuracy"] == F.accuracy(classifier, x_test, y_test)
 
 
 def test_fid_train_vs_test_small_next_to_noise(digits, classifier):
     x_train, x_test, _, _ = digits
-    model, _ = classifier
+    model = classifier
     reference = F.statistics(F.features(model, x_train))
     noise = np.random.default_rng(0).integers(0, 256, size=x_test.shape, dtype=np.uint8)
     fid_test = F.fid(reference, F.statistics(F.features(model, x_test)))
@@ -76,7 +77,7 @@ def test_fid_train_vs_test_small_next_to_noise(digits, classifier):
 
 
 def test_features_batch_size_invariant(digits, classifier):
-    model, _ = classifier
+    model = classifier
     images = digits[1][:37]
     a = F.features(model, images, batch_size=37)
     b = F.features(model, images, batch_size=5)
@@ -87,7 +88,7 @@ def test_features_batch_size_invariant(digits, classifier):
 
 
 def test_classifier_save_load_roundtrip(tmp_path, digits, classifier):
-    model, meta = classifier
+    model, meta = classifier, {"test_accuracy": 0.5}
     F.save_classifier(tmp_path / "clf", model, meta)
     loaded, loaded_meta = F.load_classifier(tmp_path / "clf")
     assert loaded_meta == meta
@@ -99,8 +100,8 @@ def test_classifier_save_load_roundtrip(tmp_path, digits, classifier):
 def test_training_is_deterministic_and_leaves_global_rng(digits):
     x_train, _, y_train, _ = digits
     state = torch.get_rng_state()
-    a, _ = F.train_classifier(x_train[:200], y_train[:200], seed=3, steps=3)
-    b, _ = F.train_classifier(x_train[:200], y_train[:200], seed=3, steps=3)
+    a = F.train_classifier(x_train[:200], y_train[:200], seed=3, steps=3)
+    b = F.train_classifier(x_train[:200], y_train[:200], seed=3, steps=3)
     assert torch.equal(state, torch.get_rng_state())
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
@@ -108,7 +109,7 @@ def test_training_is_deterministic_and_leaves_global_rng(digits):
 
 def test_seed_spread_of_disjoint_groups(digits, classifier):
     x_train, x_test, _, _ = digits
-    model, _ = classifier
+    model = classifier
     reference = F.statistics(F.features(model, x_train))
     groups = F.split_seed_groups(F.features(model, x_test), 3)
     spread = F.seed_spread(reference, groups)
@@ -125,5 +126,5 @@ def test_bad_inputs_are_named(digits):
         F.features(lambda b: b, x_train.astype(np.float32))
     with pytest.raises(ValueError, match="train_labels"):
         F.train_classifier(x_train, y_train[:-1], steps=1)
-    with pytest.raises(ValueError, match="allowed: digits"):
+    with pytest.raises(ValueError, match="allowed: digits-classifier"):
         F.feature_extractor("inception")

@@ -106,16 +106,44 @@ def png_shape(path):
     return matplotlib.image.imread(path).shape
 
 
+def per_image_and_per_run():
+    images = [dict(eta_label=label, eta=eta, image=i, bpd=2.6 + eta + 0.1 * i, nfe=200 + i)
+              for label, eta in zip(LABELS, ETAS) for i in range(4)]
+    runs = [dict(eta_label=label, eta=eta, run=r, vlb=2.7 + eta + 0.01 * r) for label, eta in zip(LABELS, ETAS)
+            for r in range(3)]
+    return images, runs
+
+
+def test_table1_reduces_per_image_rows():
+    images, _ = per_image_and_per_run()
+    table = tables.table1(images)
+    np.testing.assert_allclose(table["NLL (bpd)"], [2.6 + e + 0.15 for e in ETAS])
+    np.testing.assert_allclose(table["NLL s.e."], np.std(0.1 * np.arange(4), ddof=1) / 2)
+    np.testing.assert_allclose(table["NFE"], 201.5)
+
+
 def test_tradeoff_figure(tmp_path):
-    paths = figures.tradeoff_figure(tmp_path / "fig2", nll_ode=records(), nll_vlb=records(),
-                                    fid=records("ode") + records("ancestral", 1.0), title="test")
+    paths = figures.tradeoff_figure(records(), records(), records("ode") + records("ancestral", 1.0),
+                                    tmp_path / "fig2", title="test")
     assert [p.name for p in paths] == ["fig2.png", "fig2.pdf"]
     assert png_shape(paths[0])[:2] == (600, 960) and paths[1].stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2.pdf", "fig2.png"]
+
+
+def test_tradeoff_figure_from_raw_rows_and_png_path(tmp_path):
+    images, runs = per_image_and_per_run()
+    paths = figures.tradeoff_figure(images, runs, None, tmp_path / "fig2.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2.pdf", "fig2.png"] == sorted(p.name for p in paths)
+
+
+def test_tradeoff_figure_bad_input(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
-        figures.tradeoff_figure(tmp_path / "none")
+        figures.tradeoff_figure(None, None, None, tmp_path / "none")
     with pytest.raises(ValueError, match="lack column"):
-        figures.tradeoff_figure(tmp_path / "bad", fid=[{"eta_label": "0.3", "eta": 0.3}])
+        figures.tradeoff_figure(None, None, [{"eta_label": "0.3", "eta": 0.3}], tmp_path / "bad")
+    with pytest.raises(ValueError, match="no result records"):
+        figures.tradeoff_figure([], None, None, tmp_path / "empty")
+    assert list(tmp_path.iterdir()) == []
 
 
 def digits(n, channels=1, seed=0):
@@ -123,18 +151,21 @@ def digits(n, channels=1, seed=0):
 
 
 def test_fixed_noise_grid_pixel_size(tmp_path):
-    columns = [(figures.column_title(label), digits(5, seed=k)) for k, label in enumerate(LABELS)]
-    paths = figures.fixed_noise_grid(tmp_path / "fig3", columns, row_labels=[f"seed {i}" for i in range(5)], scale=4)
+    panels = [digits(5, seed=k) for k in range(len(LABELS))]
+    paths = figures.fixed_noise_grid(panels, LABELS, tmp_path / "fig3", row_labels=[f"seed {i}" for i in range(5)],
+                                     scale=4)
     cell = 8 * 4 + figures.GAP
     assert png_shape(paths[0])[:2] == (5 * cell - figures.GAP + figures.TITLE_PX,
                                         len(LABELS) * cell - figures.GAP + figures.LABEL_PX)
     assert paths[1].stat().st_size > 1000
-    assert [c[0] for c in columns] == ["EDM", "ηmin", "η=0.2", "η=0.4", "η=0.6", "ηmax", "VDM"]
+    titles = [figures.column_title(label) for label in LABELS]
+    assert titles == ["EDM", "ηmin", "η=0.2", "η=0.4", "η=0.6", "ηmax", "VDM"]
+    assert [figures.column_title(t) for t in titles] == titles
 
 
 def test_fixed_noise_grid_pixels_are_the_images(tmp_path):
     images = digits(2, channels=3)
-    path = figures.fixed_noise_grid(tmp_path / "g", [("a", images)], scale=3)[0]
+    path = figures.fixed_noise_grid([images], ["0.5"], tmp_path / "g", scale=3)[0]
     png = (matplotlib.image.imread(path)[..., :3] * 255).round().astype(np.uint8)
     top = figures.TITLE_PX
     np.testing.assert_array_equal(png[top:top + 24:3, 0:24:3], images[0])
@@ -142,20 +173,23 @@ def test_fixed_noise_grid_pixels_are_the_images(tmp_path):
 
 
 def test_sample_panels_pixel_size(tmp_path):
-    panels = [(figures.column_title(label), digits(9, channels=3, seed=k)) for k, label in enumerate(LABELS[:5])]
-    paths = figures.sample_panels(tmp_path / "fig6", panels, panels_per_row=3, scale=2, gap_px=10)
+    panels = [digits(9, channels=3, seed=k) for k in range(5)]
+    paths = figures.sample_grids(panels, LABELS[:5], tmp_path / "fig6", title="ODE sampler", panels_per_row=3,
+                                 scale=2, gap_px=10)
     tile = 3 * (16 + figures.GAP) - figures.GAP
-    assert png_shape(paths[0])[:2] == (2 * (tile + figures.TITLE_PX + 10) - 10, 3 * (tile + 10) - 10)
+    assert png_shape(paths[0])[:2] == (figures.HEADER_PX + 2 * (tile + figures.TITLE_PX + 10) - 10, 3 * (tile + 10) - 10)
     assert paths[1].stat().st_size > 1000
 
 
 def test_grid_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="no images"):
-        figures.sample_panels(tmp_path / "x", [])
+    with pytest.raises(ValueError, match="one uint8 NHWC image set per eta label"):
+        figures.sample_grids([], [], tmp_path / "x")
+    with pytest.raises(ValueError, match="one uint8 NHWC image set per eta label"):
+        figures.sample_grids([digits(2)], ["0.1", "0.2"], tmp_path / "x")
     with pytest.raises(ValueError, match="same number and shape"):
-        figures.fixed_noise_grid(tmp_path / "x", [("a", digits(2)), ("b", digits(3))])
+        figures.fixed_noise_grid([digits(2), digits(3)], ["0.1", "0.2"], tmp_path / "x")
     with pytest.raises(ValueError, match="row labels"):
-        figures.fixed_noise_grid(tmp_path / "x", [("a", digits(2))], row_labels=["only one"])
+        figures.fixed_noise_grid([digits(2)], ["0.1"], tmp_path / "x", row_labels=["only one"])
     with pytest.raises(TypeError, match="uint8"):
-        figures.sample_panels(tmp_path / "x", [("a", digits(2).astype(np.float32))])
+        figures.sample_grids([digits(2).astype(np.float32)], ["0.1"], tmp_path / "x")
     assert list(tmp_path.iterdir()) == []

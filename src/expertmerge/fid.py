@@ -8,7 +8,7 @@ image *files* and resize them to 299x299; our images are uint8 arrays in memory 
 demo), so we feed batches to `get_batch_features` directly and keep the statistics ourselves (npz).
 
 Extractors by name (`feature_extractor`):
-  * "digits" -- the penultimate layer of a small conv classifier trained on scikit-learn's digits
+  * "digits-classifier" -- the penultimate layer of a small conv classifier trained on scikit-learn's digits
     (Inception weights cannot be fetched offline, and Inception on 8x8 images means little).
   * The paper scale will add "inception_legacy_tensorflow": `cleanfid.features.build_feature_extractor(
     "legacy_tensorflow", device)` already has this contract (resizing happens inside the network).
@@ -16,6 +16,7 @@ Extractors by name (`feature_extractor`):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,8 @@ from cleanfid.fid import frechet_distance, get_batch_features
 from safetensors.torch import load_file, save_file
 
 from .images import check_images
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------
 # Digit classifier (no BatchNorm, so features do not depend on the batch).
@@ -89,11 +92,12 @@ def accuracy(model: DigitClassifier, images, labels, batch_size: int = 512) -> f
 
 def train_classifier(train_images, train_labels, val_images=None, val_labels=None, *, seed: int = 0,
                      steps: int = 1000, batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 1e-4,
-                     channels: int = 32, feature_dim: int = 64) -> tuple[DigitClassifier, dict]:
-    """Train a DigitClassifier (AdamW, cosine learning rate, +-1 pixel shifts); returns (model in eval mode, meta).
+                     channels: int = 32, feature_dim: int = 64) -> DigitClassifier:
+    """Train a DigitClassifier (AdamW, cosine learning rate, +-1 pixel shifts); returns it in eval mode.
 
-    meta holds the hyper-parameters, the final training loss and, given a validation split,
-    its accuracy (`val_accuracy`). Deterministic for a given seed; global RNG state is untouched.
+    `model.train_info` holds the hyper-parameters, the final training loss and, given a validation
+    split, its accuracy (`val_accuracy`, also logged). Deterministic for a given seed; the global RNG
+    state is untouched.
     """
     images = check_images(train_images)
     if images.shape[-1] != 1:
@@ -115,11 +119,12 @@ def train_classifier(train_images, train_labels, val_images=None, val_labels=Non
         optimizer.step()
         schedule.step()
     model.eval()
-    meta = dict(model.config, seed=seed, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    model.train_info = dict(model.config, seed=seed, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 train_images=len(images), final_train_loss=float(loss.detach()))
     if val_images is not None:
-        meta.update(val_images=len(val_images), val_accuracy=accuracy(model, val_images, val_labels))
-    return model, meta
+        model.train_info.update(val_images=len(val_images), val_accuracy=accuracy(model, val_images, val_labels))
+        log.info("digit classifier: validation accuracy %.4f after %d steps", model.train_info["val_accuracy"], steps)
+    return model
 
 
 def save_classifier(stem, model: DigitClassifier, meta: dict | None = None):
@@ -151,14 +156,14 @@ def load_classifier(stem) -> tuple[DigitClassifier, dict]:
 # ----------------------------------------------------------------------------
 # Feature extractors (clean-fid contract: float NCHW in [0, 255] -> [N, F]).
 
-EXTRACTORS = ("digits",)
+EXTRACTORS = ("digits-classifier",)
 
 
 def feature_extractor(name: str, *, classifier: DigitClassifier | None = None):
     """Callable with clean-fid's contract for extractor `name` (one of EXTRACTORS)."""
-    if name == "digits":
+    if name == "digits-classifier":
         if not isinstance(classifier, DigitClassifier):
-            raise ValueError("feature extractor 'digits' needs classifier=<DigitClassifier> (see train_classifier)")
+            raise ValueError("feature extractor 'digits-classifier' needs classifier=<DigitClassifier> (see train_classifier)")
         classifier.eval()
         return lambda batch: classifier.embed(_to_data_scale(batch))
     raise ValueError(f"unknown feature extractor {name!r}; allowed: {', '.join(EXTRACTORS)}")
@@ -168,7 +173,7 @@ def features(extractor, images, batch_size: int = 256) -> np.ndarray:
     """uint8 NHWC images -> float64 [N, F] features. `extractor`: a DigitClassifier or a clean-fid-style callable."""
     images = check_images(images)
     if isinstance(extractor, DigitClassifier):
-        extractor = feature_extractor("digits", classifier=extractor)
+        extractor = feature_extractor("digits-classifier", classifier=extractor)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batches = [images[i:i + batch_size].permute(0, 3, 1, 2).float() for i in range(0, len(images), batch_size)]

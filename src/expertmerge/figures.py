@@ -21,29 +21,30 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .images import check_images  # noqa: E402
-from .tables import SAMPLER_NAMES, check_records  # noqa: E402
+from .tables import SAMPLER_NAMES, check_records, is_merged, nll_summary, vlb_summary  # noqa: E402
 
 DPI = 100
 GAP = 2         # pixels between images in a grid
 TITLE_PX = 22   # height of a title band above a column or panel
 LABEL_PX = 60   # width of the row-label band of the fixed-noise grid
+HEADER_PX = 30  # height of the overall title band of the sample grids
 
 
 def column_title(eta_label: str) -> str:
-    """Short title: 'EDM', 'ηmin', 'η=0.3', 'ηmax', 'VDM'."""
+    """Short title of an eta label: 'EDM', 'ηmin', 'η=0.3', 'ηmax', 'VDM' (other text unchanged)."""
     label = str(eta_label)
     if label in ("eta_min", "eta_max"):
         return "η" + label[4:]
-    try:
-        float(label)
+    if is_merged(label):
         return f"η={label}"
-    except ValueError:
-        return label.upper()
+    return label.upper() if label.isascii() else label
 
 
 def save_figure(fig, stem, dpi: int = DPI) -> list[Path]:
-    """Write stem.png and stem.pdf (each to a temporary name, then renamed) and close the figure."""
+    """Write stem.png and stem.pdf (each to a temporary name, then renamed) and close the figure.
+    A stem ending in .png or .pdf is taken without that suffix."""
     stem = Path(stem)
+    stem = stem.with_suffix("") if stem.suffix in (".png", ".pdf") else stem
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
@@ -63,7 +64,7 @@ def save_figure(fig, stem, dpi: int = DPI) -> list[Path]:
 def _curve(ax, df: pd.DataFrame, value: str, error: str | None, label: str, style: dict):
     """Merged model as a line with error bars; unmerged baselines as distinct squares joined by dotted lines."""
     df = df.sort_values("eta", kind="stable")
-    baseline = ~df["eta_label"].map(_is_merged)
+    baseline = ~df["eta_label"].map(is_merged)
     merged = df[~baseline]
     yerr = merged[error] if error in merged.columns else None
     ax.errorbar(merged["eta"], merged[value], yerr=yerr, label=label, capsize=2, **style)
@@ -71,16 +72,6 @@ def _curve(ax, df: pd.DataFrame, value: str, error: str | None, label: str, styl
         nearest = merged.iloc[(merged["eta"] - row["eta"]).abs().argmin()] if len(merged) else row
         ax.plot([row["eta"], nearest["eta"]], [row[value], nearest[value]], ":", color=style["color"])
         ax.plot(row["eta"], row[value], "s", ms=8, mfc="white", mew=1.5, color=style["color"])
-
-
-def _is_merged(label: str) -> bool:
-    if label in ("eta_min", "eta_max"):
-        return True
-    try:
-        float(label)
-        return True
-    except ValueError:
-        return False
 
 
 def _eta_range(frames, eta_range):
@@ -92,11 +83,12 @@ def _eta_range(frames, eta_range):
     return tuple(float(f.iloc[0]) if len(f) else None for f in found)
 
 
-def tradeoff_figure(stem, *, nll_ode=None, nll_vlb=None, fid=None, eta_range=None, title=None) -> list[Path]:
+def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None) -> list[Path]:
     """Fig. 2: ODE NLL (bpd_mean ± bpd_sem) and VLB (vlb_mean ± vlb_std) on the left axis, FID per
-    sampler (fid ± fid_spread) on the right, against eta; dashed lines at eta_min and eta_max."""
-    parts = {"ode": None if nll_ode is None else check_records(nll_ode, ("bpd_mean",)),
-             "vlb": None if nll_vlb is None else check_records(nll_vlb, ("vlb_mean",)),
+    sampler (fid ± fid_spread) on the right, against eta; dashed lines at eta_min and eta_max.
+    Any of the three record sets may be None; per-image / per-run rows are reduced as in `tables`."""
+    parts = {"ode": None if nll_ode is None else nll_summary(nll_ode),
+             "vlb": None if nll_vlb is None else vlb_summary(nll_vlb),
              "fid": None if fid is None else check_records(fid, ("sampler", "fid"))}
     if all(p is None for p in parts.values()):
         raise ValueError("tradeoff_figure needs at least one of nll_ode, nll_vlb, fid")
@@ -130,7 +122,7 @@ def _eta_ticks(ax, frames):
     """Ticks every 0.2; a tick at a baseline's plotting position shows the baseline's name instead."""
     ticks = {round(t, 1): f"{t:.1f}" for t in np.linspace(0, 1, 6)}
     rows = pd.concat([f[["eta_label", "eta"]] for f in frames]).drop_duplicates()
-    for label, eta in rows[~rows["eta_label"].map(_is_merged)].itertuples(index=False):
+    for label, eta in rows[~rows["eta_label"].map(is_merged)].itertuples(index=False):
         ticks[eta] = label.upper()
     ax.set_xticks(list(ticks), list(ticks.values()))
 
@@ -164,10 +156,12 @@ def _show(fig, array: np.ndarray, left_px: int, top_px: int):
     return ax
 
 
-def _check_columns(columns: Sequence) -> list:
-    columns = [(str(title), check_images(images)) for title, images in columns]
-    if not columns:
-        raise ValueError("no images given: need a sequence of (title, uint8 NHWC images) pairs, one per eta")
+def _check_panels(panels: Sequence, labels: Sequence[str]) -> list:
+    """[(column title, images)] for matching sequences of uint8 NHWC image sets and eta labels."""
+    if len(panels) == 0 or len(panels) != len(labels):
+        raise ValueError(f"need one uint8 NHWC image set per eta label, got {len(panels)} image sets "
+                         f"for {len(labels)} labels")
+    columns = [(column_title(label), check_images(images)) for images, label in zip(panels, labels)]
     shapes = {tuple(images.shape) for _, images in columns}
     if len(shapes) != 1:
         raise ValueError(f"every eta needs the same number and shape of images, got shapes {sorted(shapes)}")
@@ -178,11 +172,11 @@ def _default_scale(images, target_px: int) -> int:
     return max(1, round(target_px / images.shape[1]))
 
 
-def fixed_noise_grid(stem, columns: Sequence, *, row_labels: Sequence[str] | None = None,
+def fixed_noise_grid(panels: Sequence, columns: Sequence[str], stem, *, row_labels: Sequence[str] | None = None,
                      scale: int | None = None) -> list[Path]:
-    """Fig. 3: columns = [(title, images [R, H, W, C]), ...], one per eta; row r of every column
-    starts from the same noise z1 (e.g. the same seed). Optional row labels on the left."""
-    columns = _check_columns(columns)
+    """Fig. 3: panels[k] = images [R, H, W, C] at eta label columns[k]; row r of every column starts
+    from the same noise z1 (the same seed). Optional row labels on the left."""
+    columns = _check_panels(panels, columns)
     count, h, w, _ = columns[0][1].shape
     if row_labels is not None and len(row_labels) != count:
         raise ValueError(f"got {len(row_labels)} row labels for {count} rows of images")
@@ -190,9 +184,9 @@ def fixed_noise_grid(stem, columns: Sequence, *, row_labels: Sequence[str] | Non
     stacked = np.stack([images.numpy() for _, images in columns], axis=1).reshape(-1, *columns[0][1].shape[1:])
     grid = mosaic(stacked, len(columns), scale)  # row r = one noise sample, column = one eta
     label_px = LABEL_PX if row_labels is not None else 0
-    fig = plt.figure(figsize=((grid.shape[1] + label_px) / DPI, (grid.shape[0] + TITLE_PX) / DPI))
-    _show(fig, grid, label_px, TITLE_PX)
     fig_w, fig_h = grid.shape[1] + label_px, grid.shape[0] + TITLE_PX
+    fig = plt.figure(figsize=(fig_w / DPI, fig_h / DPI))
+    _show(fig, grid, label_px, TITLE_PX)
     for q, (title, _) in enumerate(columns):
         x = label_px + q * (w * scale + GAP) + w * scale / 2
         fig.text(x / fig_w, 1 - (TITLE_PX / 2) / fig_h, title, ha="center", va="center", fontsize=9)
@@ -202,23 +196,27 @@ def fixed_noise_grid(stem, columns: Sequence, *, row_labels: Sequence[str] | Non
     return save_figure(fig, stem)
 
 
-def sample_panels(stem, panels: Sequence, *, panels_per_row: int = 4, images_per_row: int | None = None,
-                  scale: int | None = None, gap_px: int = 12) -> list[Path]:
-    """Figs. 6-9: panels = [(title, images [N, H, W, C]), ...], one panel of random samples per eta."""
-    panels = _check_columns(panels)
+def sample_grids(panels: Sequence, columns: Sequence[str], stem, *, title: str | None = None,
+                 panels_per_row: int = 4, images_per_row: int | None = None, scale: int | None = None,
+                 gap_px: int = 12) -> list[Path]:
+    """Figs. 6-9: panels[k] = random samples [N, H, W, C] at eta label columns[k], one titled panel each;
+    `title` (e.g. 'ODE sampler') goes in a band above all panels."""
+    panels = _check_panels(panels, columns)
     count = len(panels[0][1])
     images_per_row = images_per_row or math.ceil(math.sqrt(count))
     scale = scale or _default_scale(panels[0][1], 32)
     tiles = [mosaic(images, images_per_row, scale) for _, images in panels]
     tile_h, tile_w = tiles[0].shape[:2]
     cols, rows = min(panels_per_row, len(tiles)), math.ceil(len(tiles) / panels_per_row)
+    top = HEADER_PX if title else 0
     cell_w, cell_h = tile_w + gap_px, tile_h + TITLE_PX + gap_px
-    fig_w, fig_h = cols * cell_w - gap_px, rows * cell_h - gap_px
+    fig_w, fig_h = cols * cell_w - gap_px, top + rows * cell_h - gap_px
     fig = plt.figure(figsize=(fig_w / DPI, fig_h / DPI))
-    for k, ((title, _), tile) in enumerate(zip(panels, tiles)):
+    if title:
+        fig.text(0.5, 1 - (HEADER_PX / 2) / fig_h, title, ha="center", va="center", fontsize=11)
+    for k, ((name, _), tile) in enumerate(zip(panels, tiles)):
         r, q = divmod(k, panels_per_row)
-        _show(fig, tile, q * cell_w, r * cell_h + TITLE_PX)
-        fig.text((q * cell_w + tile_w / 2) / fig_w, 1 - (r * cell_h + TITLE_PX / 2) / fig_h, title,
+        _show(fig, tile, q * cell_w, top + r * cell_h + TITLE_PX)
+        fig.text((q * cell_w + tile_w / 2) / fig_w, 1 - (top + r * cell_h + TITLE_PX / 2) / fig_h, name,
                  ha="center", va="center", fontsize=9)
     return save_figure(fig, stem)
-

@@ -6,9 +6,10 @@ A record is one row (dict / DataFrame row / CSV or JSON row) with these columns:
   eta        float  position on the eta axis: the threshold itself for merged rows; by the paper's
                     plotting convention 0 for the quality baseline (EDM) and 1 for the likelihood one (VDM).
   gamma_min, gamma_max  float, optional: a baseline's native gamma range, shown in its label.
-  Table 1:   bpd_mean, bpd_sem (standard error across test images), nfe_mean   (ODE likelihood)
+  Table 1:   bpd_mean, bpd_sem (standard error across test images), nfe_mean   (ODE likelihood);
+             or per-image `bpd`, `nfe` rows, which are reduced with `nll_summary`
   Table 2:   sampler ("ode", "ancestral", ...), fid, nfe_mean; optional fid_spread (std across seed groups)
-  Table 4:   vlb_mean, vlb_std (over runs); or per-run `vlb` rows, which are reduced with `summarize`
+  Table 4:   vlb_mean, vlb_std (over runs); or per-run `vlb` rows, which are reduced with `vlb_summary`
 Rows come out in eta order. Numbers stay numeric in the CSV; the .md and .tex files show "mean ± error".
 """
 from __future__ import annotations
@@ -66,16 +67,48 @@ def summarize(df: pd.DataFrame, value: str, by=KEYS) -> pd.DataFrame:
     return out.rename(columns={k: f"{value}_{k}" for k in ("mean", "std", "count", "sem")})
 
 
+def _grouping(df: pd.DataFrame) -> tuple:
+    return (*KEYS, *[c for c in ("gamma_min", "gamma_max") if c in df.columns])
+
+
+def _frame(records) -> pd.DataFrame:
+    return records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+
+
+def nll_summary(records) -> pd.DataFrame:
+    """Per-eta ODE NLL: records holding bpd_mean, bpd_sem, nfe_mean as given; else per-image `bpd`, `nfe`
+    rows reduced to bpd_mean, bpd_sem (standard error across test images) and nfe_mean."""
+    df = _frame(records)
+    if "bpd_mean" in df.columns or "bpd" not in df.columns:
+        return check_records(df, ("bpd_mean", "bpd_sem", "nfe_mean"))
+    by = _grouping(df)
+    return summarize(df, "bpd", by).merge(summarize(df, "nfe", by)[[*by, "nfe_mean"]], on=list(by))
+
+
+def vlb_summary(records) -> pd.DataFrame:
+    """Per-eta VLB: records holding vlb_mean, vlb_std as given; else per-run `vlb` rows reduced to
+    vlb_mean and vlb_std (ddof=1, over runs)."""
+    df = _frame(records)
+    if "vlb_mean" in df.columns or "vlb" not in df.columns:
+        return check_records(df, ("vlb_mean", "vlb_std"))
+    return summarize(df, "vlb", _grouping(df))
+
+
+def is_merged(eta_label: str) -> bool:
+    """True for a merged model's label ("eta_min", "eta_max", "0.3"), False for an unmerged baseline's."""
+    try:
+        return eta_label in ("eta_min", "eta_max") or math.isfinite(float(eta_label))
+    except ValueError:
+        return False
+
+
 def row_label(record) -> str:
     """Paper-style row label: 'EDM (γ ∈ [-12.43, 8.764])', 'Ours ηmin=0.0394', 'Ours η=0.3'."""
     label, eta = str(record["eta_label"]), float(record["eta"])
     if label in ("eta_min", "eta_max"):
         return f"Ours η{label[4:]}={eta:.4f}".rstrip("0")
-    try:
-        float(label)
+    if is_merged(label):
         return f"Ours η={label}"
-    except ValueError:
-        pass
     lo, hi = record.get("gamma_min", math.nan), record.get("gamma_max", math.nan)
     return label.upper() + (f" (γ ∈ [{lo:.4g}, {hi:.4g}])" if np.isfinite([lo, hi]).all() else "")
 
@@ -96,8 +129,8 @@ def _finish(table: pd.DataFrame, decimals: dict, errors: dict) -> pd.DataFrame:
 
 
 def table1(records) -> pd.DataFrame:
-    """Table 1: ODE test NLL (bpd) ± standard error and NFE per eta."""
-    df = _in_eta_order(check_records(records, ("bpd_mean", "bpd_sem", "nfe_mean")))
+    """Table 1: ODE test NLL (bpd) ± standard error and NFE per eta (per-image rows are reduced first)."""
+    df = _in_eta_order(nll_summary(records))
     table = df[["Threshold", "bpd_mean", "bpd_sem", "nfe_mean"]].set_axis(
         ["Threshold", "NLL (bpd)", "NLL s.e.", "NFE"], axis=1)
     return _finish(table, {"NLL (bpd)": 3, "NLL s.e.": 3, "NFE": 0}, {"NLL (bpd)": ("NLL s.e.", "s.e.")})
@@ -121,11 +154,7 @@ def table2(records) -> pd.DataFrame:
 
 def table4(records) -> pd.DataFrame:
     """Table 4: VLB (bpd) mean and std over runs per eta (per-run `vlb` rows are reduced first)."""
-    df = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records
-    if "vlb" in df.columns and "vlb_mean" not in df.columns:
-        extra = [c for c in ("gamma_min", "gamma_max") if c in df.columns]
-        df = summarize(df, "vlb", by=(*KEYS, *extra))
-    df = _in_eta_order(check_records(df, ("vlb_mean", "vlb_std")))
+    df = _in_eta_order(vlb_summary(records))
     table = df[["Threshold", "vlb_mean", "vlb_std"]].set_axis(["Threshold", "VLB mean (bpd)", "VLB std"], axis=1)
     return _finish(table, {"VLB mean (bpd)": 3, "VLB std": 3}, {})
 

@@ -95,7 +95,7 @@ def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None) 
     fig, left = plt.subplots(figsize=(6.4, 4.0))
     right = left.twinx()
     if parts["ode"] is not None:
-        _curve(left, parts["ode"], "bpd_mean", "bpd_sem", "NLL, ODE (TN)", dict(color="C0", marker="o"))
+        _curve(left, parts["ode"], "bpd_mean", "bpd_sem", "NLL, ODE", dict(color="C0", marker="o"))
     if parts["vlb"] is not None:
         _curve(left, parts["vlb"], "vlb_mean", "vlb_std", "NLL, VLB", dict(color="C1", marker="^"))
     for k, (sampler, df) in enumerate(parts["fid"].groupby("sampler", sort=False) if parts["fid"] is not None else []):

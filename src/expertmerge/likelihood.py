@@ -176,23 +176,27 @@ def ode_log_density(expert, x0: torch.Tensor, probe: torch.Tensor, *, rtol: floa
     system and shares the solver's step size; the error norm is each image's RMS over its joint [x, L]
     state, maximised over the batch, so every image meets the tolerance and a batch steps at the pace of
     its hardest image. An image's result thus depends on its batch-mates only within solver tolerance.
+    The last step is cut to end on gamma_max, so the expert is never asked beyond its range; only the
+    trial evaluation of dopri5's initial-step heuristic may land past gamma_max, and it is clamped.
     """
     n, shape = x0.shape[0], x0.shape[1:]
     dim = x0[0].numel()
+    gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
     calls = 0
 
     def augmented(gamma, state):
         nonlocal calls
         calls += 1
+        gamma = min(max(float(gamma), gamma_min), gamma_max)
         velocity, divergence = velocity_and_divergence(expert, state[:, :dim].reshape(n, *shape), gamma, probe, indices)
         return torch.cat([velocity.flatten(1), divergence[:, None]], dim=1)
 
     state = torch.cat([x0.double().flatten(1), torch.zeros(n, 1, dtype=torch.float64, device=x0.device)], dim=1)
-    gammas = torch.tensor([float(expert.gamma_min), float(expert.gamma_max)], dtype=torch.float64, device=x0.device)
+    gammas = torch.tensor([gamma_min, gamma_max], dtype=torch.float64, device=x0.device)
     with torch.no_grad():
         final = odeint(augmented, state, gammas, method="dopri5", rtol=rtol, atol=atol,
-                       options=dict(norm=per_image_max_rms))[-1]
-    return prior_log_density(final[:, :dim], float(expert.gamma_max)) + final[:, dim], calls
+                       options=dict(norm=per_image_max_rms, step_t=gammas[1:]))[-1]
+    return prior_log_density(final[:, :dim], gamma_max) + final[:, dim], calls
 
 
 def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-5, dequantization: str = "tn",

@@ -205,8 +205,11 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
 
     Image j's dequantisation noise and then its Rademacher probe come from a generator seeded with
     seeds[j] (default j). The prior is N(0, I) at gamma_max. Batches of `batch_size` images are solved
-    together (see `ode_log_density` for how they share the step size); `progress(done)` is called after
-    each batch. NFE counts evaluations of the augmented ODE, each one network forward and one VJP.
+    as one ODE system with one shared adaptive step size; the error norm takes each image's RMS over its
+    own [x, log-density] state and the maximum over the batch, so the step is set by the hardest image
+    and every image meets rtol/atol. Results therefore depend on the batch only within solver
+    tolerance. `progress(done)` is called after each batch. NFE counts evaluations of the augmented ODE
+    (one network forward and one VJP each), shared by the images of a batch.
     """
     images, seeds = _check_call(expert, images, seeds, batch_size)
     if not (math.isfinite(rtol) and math.isfinite(atol) and rtol > 0 and atol > 0):

@@ -98,3 +98,9 @@ def test_sampler_bad_input(gaussian):
         sample_ode(gaussian, [0], SHAPE, rtol=0)
     with pytest.raises(ValueError, match="at least one seed"):
         sample_ancestral(gaussian, [], SHAPE)
+
+
+def test_ode_never_leaves_the_experts_range(gaussian):
+    spy = Spy(gaussian)
+    sample_ode(spy, range(8), SHAPE)
+    assert gaussian.gamma_min <= min(spy.gammas) and max(spy.gammas) <= gaussian.gamma_max

@@ -77,16 +77,18 @@ def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, 
         raise ValueError(f"tolerances must be > 0, got rtol={rtol}, atol={atol}")
 
     def batch(expert, generators, shape, device):
-        calls = 0
+        gamma_min, gamma_max, calls = float(expert.gamma_min), float(expert.gamma_max), 0
 
         def velocity(gamma, x):
             nonlocal calls
             calls += 1
-            return (x - expert.denoise(x, gamma_to_noise_level(float(gamma)))) / 2
+            gamma = min(max(float(gamma), gamma_min), gamma_max)  # dopri5's initial-step trial may overshoot
+            return (x - expert.denoise(x, gamma_to_noise_level(gamma))) / 2
 
-        gammas = torch.tensor([float(expert.gamma_max), float(expert.gamma_min)], dtype=torch.float64)
+        gammas = torch.tensor([gamma_max, gamma_min], dtype=torch.float64)
+        # step_t makes the last step end on gamma_min instead of stepping past it and interpolating back.
         path = odeint(velocity, _prior(expert, generators, shape, device), gammas, method="dopri5",
-                      rtol=rtol, atol=atol, options=dict(norm=per_image_max_rms))
+                      rtol=rtol, atol=atol, options=dict(norm=per_image_max_rms, step_t=gammas[1:]))
         return path[-1], calls
 
     return _in_batches(batch, expert, seeds, shape, batch_size, device)

@@ -79,7 +79,7 @@ class SmallUNet(nn.Module):
     are slow. The output layer starts at zero.
     """
 
-    def __init__(self, img_channels: int = 1, patch: int = 2, channels: tuple[int, int] = (32, 64),
+    def __init__(self, img_channels: int = 1, patch: int = 2, channels: tuple[int, int] = (16, 32),
                  blocks: int = 1, emb_channels: int = 128, dropout: float = 0.0, label_offset: float = 0.0,
                  label_scale: float = 1.0, fourier_exponents: tuple[int, ...] = ()):
         super().__init__()

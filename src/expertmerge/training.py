@@ -112,7 +112,7 @@ class TrainConfig:
 
 
 _NET = dict(img_channels=1, patch=2, channels=(16, 32), blocks=1, emb_channels=128)
-_STEPS = 4000
+_STEPS = 5000  # ~2 minutes per expert with one torch thread (see benchmarks/bench_experts.py)
 DEFAULTS = {
     # EDM (CIFAR-10 DDPM++): Adam lr 1e-3, lr ramp over the first 5% of training, dropout 0.13.
     "edm": TrainConfig(steps=_STEPS, batch_size=128, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0,
@@ -146,7 +146,8 @@ def make_config(family: str, **overrides) -> TrainConfig:
     return config
 
 
-def _loss_function(family: str, meta: dict) -> Callable:
+def family_loss(family: str, meta: dict) -> Callable:
+    """loss(net, x0, generator) -> per-image loss for the module `build_network(meta)` makes."""
     if family == "edm":
         return edm_loss
     return lambda net, x0, generator: vdm_loss(net, x0, generator, meta["gamma_min"], meta["gamma_max"])
@@ -169,7 +170,8 @@ def validation_loss(loss_fn: Callable, net: torch.nn.Module, x_val: torch.Tensor
     return float(torch.stack([loss_fn(net, x_val, generator).mean() for _ in range(repeats)]).mean())
 
 
-def _optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay on weights only (0 for EDM, whose Adam has none)."""
     decay = [p for p in net.parameters() if p.ndim > 1]  # VDM masks biases and norm scales
     rest = [p for p in net.parameters() if p.ndim <= 1]
     groups = [dict(params=decay, weight_decay=config.weight_decay), dict(params=rest, weight_decay=0.0)]
@@ -193,12 +195,12 @@ def train_expert(family: str, train_images, val_images, *, out_stem, seed: int =
     config = make_config(family, **overrides)
     meta = dict(family_constants(family), net=dict(config.net))
     x_train, x_val = from_uint8(train_images), from_uint8(val_images)
-    loss_fn, report = _loss_function(family, meta), progress or _log_progress
+    loss_fn, report = family_loss(family, meta), progress or _log_progress
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # initial weights and dropout
         net = build_network(meta).train()
         ema = EMA(net, config.ema_decay, config.ema_rampup)
-        optimizer = _optimizer(net, config)
+        optimizer = make_optimizer(net, config)
         generator = torch.Generator().manual_seed(seed)
         batches = _batches(len(x_train), config.batch_size, generator)
         val_seed = seed + 1_000_003

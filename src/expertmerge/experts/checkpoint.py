@@ -107,7 +107,12 @@ def save_expert(path, net: torch.nn.Module, meta: dict) -> Path:
     weights, record = checkpoint_paths(path, meta["family"])
     weights.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=1, sort_keys=True) + "\n"
-    _replace_atomically(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
+
+    def write_weights(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        os.chmod(tmp, 0o644)  # safetensors creates the file owner-only
+
+    _replace_atomically(weights, write_weights)
     _replace_atomically(record, lambda tmp: tmp.write_text(text))
     return weights
 

@@ -236,4 +236,14 @@ def test_tiny_training_run_lowers_the_loss_and_is_deterministic(tmp_path, digits
     weights_a, weights_b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
     assert all(torch.equal(weights_a[key], weights_b[key]) for key in weights_a)
     assert second["training"]["best_val_loss"] == first["training"]["best_val_loss"]
-    assert load_expert(first["path"]).meta["training"]["best_step"] == first["training"]["best_step"]
+    loaded = load_expert(first["path"])
+    assert loaded.meta["training"]["best_step"] == first["training"]["best_step"] and loaded.image_shape == (1, 8, 8)
+
+
+def test_training_records_the_requested_gamma_range(tmp_path, digits):
+    settings = dict(steps=2, batch_size=8, eval_every=2, log_every=2, val_repeats=1, net=TINY_NET)
+    vdm = train_expert("vdm", *digits, out_stem=tmp_path / "vdm", gamma_min=-10.0, gamma_max=4.0, **settings)
+    assert (load_expert(vdm["path"]).gamma_min, load_expert(vdm["path"]).gamma_max) == (-10.0, 4.0)
+    edm = train_expert("edm", *digits, out_stem=tmp_path / "edm", gamma_min=2 * math.log(0.01), gamma_max=4.0, **settings)
+    assert (edm["sigma_min"], edm["sigma_max"]) == pytest.approx((0.01, math.exp(2.0)))
+    assert (load_expert(edm["path"]).gamma_min, load_expert(edm["path"]).gamma_max) == pytest.approx((2 * math.log(0.01), 4.0))

@@ -184,17 +184,31 @@ def _log_progress(record: dict) -> None:
              record["best_step"], record["elapsed_s"], record["eta_s"])
 
 
-def train_expert(family: str, train_images, val_images, *, out_stem, seed: int = 0,
-                 progress: Callable[[dict], None] | None = None, **overrides) -> dict:
+def expert_constants(family: str, gamma_min: float | None = None, gamma_max: float | None = None) -> dict:
+    """The family's constants with its valid gamma range overridden: for VDM the training schedule,
+    for EDM the sigma range it is used on (its training noise is log-normal either way)."""
+    if family == "edm":
+        ends = {key: math.exp(gamma / 2) for key, gamma in (("sigma_min", gamma_min), ("sigma_max", gamma_max))
+                if gamma is not None}
+        return family_constants("edm", **ends)
+    ends = {key: gamma for key, gamma in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if gamma is not None}
+    return family_constants(family, **ends)
+
+
+def train_expert(family: str, train_images, val_images, *, out_stem, seed: int = 0, gamma_min: float | None = None,
+                 gamma_max: float | None = None, progress: Callable[[dict], None] | None = None, **overrides) -> dict:
     """Train one expert of `family` ("edm" or "vdm") on uint8 NHWC images and save its best EMA weights.
 
-    `overrides` are TrainConfig fields (steps, batch_size, lr, ema_decay, log_every, net, ...).
-    Deterministic for a given seed and thread count. Progress records (step, losses, elapsed,
-    ETA) go to `progress`, or to the log. Returns the checkpoint's meta, with "path" added.
+    `gamma_min`/`gamma_max` override the family's valid range (EDM [2 ln 0.002, 2 ln 80],
+    VDM [-13.3, 5]); `overrides` are TrainConfig fields (steps, batch_size, lr, ema_decay,
+    eval_every, log_every, net, ...). Deterministic for a given seed and thread count. Progress
+    records (step, losses, elapsed, ETA) go to `progress`, or to the log. Returns the
+    checkpoint's meta, with "path" added.
     """
     config = make_config(family, **overrides)
-    meta = dict(family_constants(family), net=dict(config.net))
     x_train, x_val = from_uint8(train_images), from_uint8(val_images)
+    meta = dict(expert_constants(family, gamma_min, gamma_max), net=dict(config.net, img_channels=x_train.shape[1]),
+                image_shape=list(x_train.shape[1:]))
     loss_fn, report = family_loss(family, meta), progress or _log_progress
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # initial weights and dropout

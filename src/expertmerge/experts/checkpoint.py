@@ -135,7 +135,10 @@ def load_expert_meta(path) -> dict:
 
 
 def load_expert(path, device="cpu"):
-    """Rebuild the expert saved at `path` (stem, .safetensors or .json): EMA weights, eval mode, no grads."""
+    """Rebuild the expert saved at `path` (stem, .safetensors or .json): EMA weights, eval mode, no grads.
+
+    The expert carries `meta` (the JSON) and `image_shape` ((C, H, W) from the JSON, or None).
+    """
     meta = load_expert_meta(path)
     weights, _ = checkpoint_paths(path)
     net = build_network(meta)
@@ -152,4 +155,5 @@ def load_expert(path, device="cpu"):
     net = net.to(device).eval().requires_grad_(False)
     expert = wrap_network(meta, net)
     expert.meta = meta
+    expert.image_shape = tuple(meta["image_shape"]) if "image_shape" in meta else None  # (C, H, W) trained on
     return expert

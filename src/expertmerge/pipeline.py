@@ -32,7 +32,7 @@ class EtaChoice:
     def record(self) -> dict:
         """Columns that identify this eta in result files (see expertmerge.tables)."""
         return {"eta_label": self.label, "eta": self.plot_position,
-                "switch_eta": self.eta if self.eta is not None else math.nan,
+                "switch_eta": self.eta,  # None (JSON null, CSV empty) for a baseline
                 "gamma_min": self.gamma_min, "gamma_max": self.gamma_max}
 
 

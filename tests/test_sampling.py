@@ -9,7 +9,7 @@ from expertmerge.experts import GaussianExpert
 from expertmerge.merge import switch
 from expertmerge.sampling import heun_noise_levels, sample_ancestral, sample_heun, sample_ode
 
-from conftest import Spy, gaussian_data
+from conftest import Spy
 
 SHAPE = (1, 2, 2)
 

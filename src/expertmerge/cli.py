@@ -62,9 +62,10 @@ def cmd_train_expert(args):
     from .training import train_expert
 
     splits = load_splits(args.data)
+    net = {} if args.fourier_exponents is None else {"fourier_exponents": tuple(args.fourier_exponents)}
     train_expert(args.family, splits["train"], splits["val"], steps=args.steps, batch_size=args.batch_size,
                  lr=args.lr, ema_decay=args.ema_decay, seed=args.seed, eval_every=args.eval_every,
-                 gamma_min=args.gamma_min, gamma_max=args.gamma_max, out_stem=args.out)
+                 gamma_min=args.gamma_min, gamma_max=args.gamma_max, out_stem=args.out, net=net)
 
 
 def cmd_train_classifier(args):
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind in (("--steps", int), ("--batch-size", int), ("--lr", float), ("--ema-decay", float),
                        ("--eval-every", int), ("--seed", int)):
         sub.add_argument(flag, type=kind, required=True)
+    sub.add_argument("--fourier-exponents", type=int, nargs="*", default=None,
+                     help="VDM's Fourier input features (none given: no features; flag absent: the default)")
 
     sub = command("train-classifier", cmd_train_classifier, "train the digit classifier for FID features",
                   "classifier stem")

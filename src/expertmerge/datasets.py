@@ -8,11 +8,12 @@ metadata next to it, so every later stage reads the same images.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_path, write_text
 
 SPLITS = ("train", "val", "test")
 DIGITS_LEVELS = 16  # scikit-learn's digits use levels 0..16
@@ -79,13 +80,9 @@ def save_splits(path, splits: dict[str, np.ndarray], meta: dict | None = None) -
     record = {"meta": dict(meta or {}),
               "sizes": {name: int(len(splits[name])) for name in SPLITS},
               "indices": {name: splits[f"{name}_indices"].tolist() for name in SPLITS if f"{name}_indices" in splits}}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
         np.savez(file, **splits)
-    os.replace(tmp, path)
-    tmp_json = _sidecar(path).with_name(_sidecar(path).name + ".tmp")
-    tmp_json.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp_json, _sidecar(path))
+    write_text(_sidecar(path), json.dumps(record, indent=1) + "\n")
     return path
 
 

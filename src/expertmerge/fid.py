@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from cleanfid.fid import frechet_distance, get_batch_features
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_path, write_text
 from .images import check_images
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,9 @@ def save_classifier(stem, model: DigitClassifier, meta: dict | None = None):
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights, info = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(weights) + ".tmp")
-    info_tmp = Path(str(info) + ".tmp")
-    info_tmp.write_text(json.dumps({"config": model.config, "meta": meta or {}}, indent=2) + "\n")
-    os.replace(Path(str(weights) + ".tmp"), weights)
-    os.replace(info_tmp, info)
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp))
+    write_text(info, json.dumps({"config": model.config, "meta": meta or {}}, indent=2) + "\n")
 
 
 def load_classifier(stem) -> tuple[DigitClassifier, dict]:
@@ -196,10 +194,8 @@ def save_statistics(path, mu: np.ndarray, sigma: np.ndarray, *, num_images: int 
     """Write mu, sigma (and the image count, if given) to an .npz via a temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as file:
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
         np.savez(file, mu=mu, sigma=sigma, num_images=-1 if num_images is None else num_images)
-    os.replace(tmp, path)
 
 
 def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,6 @@ PNG's size is known in advance and nothing is resampled.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .files import atomic_path  # noqa: E402
 from .images import check_images  # noqa: E402
 from .tables import SAMPLER_NAMES, check_records, is_merged, nll_summary, vlb_summary  # noqa: E402
 
@@ -49,9 +49,8 @@ def save_figure(fig, stem, dpi: int = DPI) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = stem.with_name(f"{stem.name}.{ext}")
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format=ext, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=dpi)
         paths.append(path)
     plt.close(fig)
     return paths

@@ -1,38 +1,12 @@
-"""Files that pipeline jobs write and read: atomic writes, sample shards, result records.
-
-Every output is written to a temporary name in its directory and renamed when complete, so a
-killed job never leaves a file that looks finished.
-"""
+"""Files that pipeline jobs write and read: sample shards and result records, each written atomically."""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual mode
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+from .files import atomic_path
 
 
 def write_json(path, payload) -> None:

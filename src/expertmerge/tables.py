@@ -15,11 +15,12 @@ Rows come out in eta order. Numbers stay numeric in the CSV; the .md and .tex fi
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .files import write_text
 
 KEYS = ("eta_label", "eta")
 SAMPLER_NAMES = {"ode": "ODE", "ancestral": "ancestral", "heun": "Heun"}  # display names; others shown as given
@@ -188,23 +189,17 @@ def latex_text(text: str) -> str:
     return text
 
 
-def _write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_table(table: pd.DataFrame, stem, caption: str | None = None) -> list[Path]:
     """Write `stem.csv` (numbers), `stem.md` (GitHub markdown) and `stem.tex` (booktabs), each via a temp name."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ext) for ext in (".csv", ".md", ".tex")]
     shown = display_frame(table)
-    _write_text(paths[0], table.to_csv(index=False))
-    _write_text(paths[1], (f"{caption}\n\n" if caption else "") + shown.to_markdown(
+    write_text(paths[0], table.to_csv(index=False))
+    write_text(paths[1], (f"{caption}\n\n" if caption else "") + shown.to_markdown(
         index=False, disable_numparse=True, colalign=("left",) + ("right",) * (len(shown.columns) - 1)) + "\n")
     latex = shown.map(latex_text).rename(columns=latex_text)
     style = latex.style.hide(axis="index")
-    _write_text(paths[2], style.to_latex(hrules=True, caption=latex_text(caption) if caption else None,
+    write_text(paths[2], style.to_latex(hrules=True, caption=latex_text(caption) if caption else None,
                                          column_format="l" + "r" * (len(latex.columns) - 1)))
     return paths

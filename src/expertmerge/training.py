@@ -21,7 +21,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Callable
 
 import torch

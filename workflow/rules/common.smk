@@ -92,3 +92,10 @@ def sample_panels(wildcards):
         sampler=SAMPLE_FIGURES[wildcards.number],
         eta=eta_labels(experiment(wildcards)),
     )
+
+
+def fourier_argument(train):
+    """--fourier-exponents only when the config sets them (else the family's default)."""
+    if "fourier_exponents" not in train:
+        return ""
+    return " ".join(["--fourier-exponents", *map(str, train["fourier_exponents"])])

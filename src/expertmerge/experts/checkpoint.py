@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..files import atomic_path, write_text
 from ..nets import SmallUNet
 from ..noise import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, noise_level_to_gamma
 from .edm import EDMExpert, EDMPrecond
@@ -83,12 +83,6 @@ def checkpoint_paths(path, name: str | None = None) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def _replace_atomically(target: Path, write) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, target)
-
-
 def save_expert(path, net: torch.nn.Module, meta: dict) -> Path:
     """Write `net`'s weights and `meta` (family, net hyper-parameters, ...) as <stem>.safetensors + <stem>.json.
 
@@ -108,12 +102,9 @@ def save_expert(path, net: torch.nn.Module, meta: dict) -> Path:
     weights.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=1, sort_keys=True) + "\n"
 
-    def write_weights(tmp: Path) -> None:
+    with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
-        os.chmod(tmp, 0o644)  # safetensors creates the file owner-only
-
-    _replace_atomically(weights, write_weights)
-    _replace_atomically(record, lambda tmp: tmp.write_text(text))
+    write_text(record, text)
     return weights
 
 

@@ -1,0 +1,106 @@
+"""The real Snakemake DAG on a reduced digits config in a temp dir: tables, no-op re-run, incremental
+re-runs, schema rejections."""
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def reduced_config():
+    config = copy.deepcopy(BASE)
+    digits = config["experiments"]["digits"]
+    for expert in digits["experts"].values():
+        expert["train"].update(steps=40, batch_size=64, eval_every=20)
+    digits["fid"]["classifier"].update(steps=60)
+    digits["etas"] = ["edm", "eta_min", 0.5, "eta_max", "vdm"]
+    digits["sampling"].update(num_samples=48, shard_size=24, batch_size=24, ode={"rtol": 1e-3, "atol": 1e-3},
+                              ancestral={"steps": 16})
+    digits["nll"].update(rtol=1e-3, atol=1e-3, shards=2, batch_size=200)
+    digits["vlb"]["runs"] = 2
+    digits["figures"].update(fixed_noise_rows=2, grid_samples=16)
+    return config
+
+
+def snakemake(workdir, *args, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--cores", "2", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(workdir):
+    """{rule: count} that a dry-run would execute."""
+    out = snakemake(workdir, "-n", "--quiet", "rules").stdout
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M) if rule != "total"}
+
+
+def write_config(workdir, config):
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    write_config(workdir, reduced_config())
+    snakemake(workdir)
+    return workdir
+
+
+def test_tables_have_one_finite_row_per_eta(finished_run):
+    tables = finished_run / "results" / "digits" / "tables"
+    for number, columns in ((1, ["NLL (bpd)", "NFE"]), (2, ["FID (ODE)", "FID (ancestral)"]), (4, ["VLB mean (bpd)"])):
+        table = pd.read_csv(tables / f"table{number}.csv")
+        assert len(table) == 5, table
+        for column in columns:
+            assert np.isfinite(table[column]).all(), table
+        assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
+    for number in (2, 3, 6, 7):
+        assert (finished_run / "results" / "digits" / "figures" / f"fig{number}.png").stat().st_size > 0
+
+
+def test_second_run_is_a_no_op(finished_run):
+    assert planned_jobs(finished_run) == {}
+
+
+def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    config = reduced_config()
+    config["experiments"]["digits"]["nll"]["rtol"] = 2e-3
+    write_config(workdir, config)
+    assert planned_jobs(workdir) == {"nll_shard": 10, "table1": 1, "figure_tradeoff": 1, "all": 1}
+    config = reduced_config()
+    config["experiments"]["digits"]["etas"][2] = 0.6  # one eta changed: its jobs and the aggregates
+    write_config(workdir, config)
+    jobs = planned_jobs(workdir)
+    assert jobs == {"sample_shard": 4, "fid": 2, "nll_shard": 2, "vlb_run": 2, "table1": 1, "table2": 1, "table4": 1,
+                    "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2, "all": 1}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["sampling"].update(bogus=1), "Additional properties are not allowed"),
+    (lambda d: d["sampling"].update(num_samples=-5), "minimum"),
+    (lambda d: d.update(etas=["edm", 0.9]), r"outside the feasible range \[0.0395, 0.8294\]"),
+    (lambda d: d.update(etas=["edm", "sometimes"]), "neither a number"),
+])
+def test_schema_rejects_bad_config(tmp_path, change, message):
+    config = reduced_config()
+    change(config["experiments"]["digits"])
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr

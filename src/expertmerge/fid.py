@@ -1,11 +1,13 @@
 """FID: features, statistics, Frechet distance (EDM protocol: reference statistics from the training set).
 
 Feature extractors follow clean-fid's contract: a callable taking float NCHW images with values in
-[0, 255] and returning [N, F] features; `cleanfid.fid.get_batch_features` runs them and
+[0, 255] and returning [N, F] features (what `cleanfid.fid.get_batch_features` runs, under no_grad);
 `cleanfid.fid.frechet_distance` compares the Gaussians fitted to them. clean-fid's own entry points
 (`compute_fid`, `get_folder_features`, `make_custom_stats`, the `custom_feat_extractor` hook) read
 image *files* and resize them to 299x299; our images are uint8 arrays in memory (8x8 digits for the
-demo), so we feed batches to `get_batch_features` directly and keep the statistics ourselves (npz).
+demo), so we run the extractor on batches ourselves and keep the statistics (npz). clean-fid is
+imported only where it is used: importing it costs ~4 s (torchvision), more than a demo sampling
+job's features.
 
 Extractors by name (`feature_extractor`):
   * "digits-classifier" -- the penultimate layer of a small conv classifier trained on scikit-learn's digits
@@ -22,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cleanfid.fid import frechet_distance, get_batch_features
 from safetensors.torch import load_file, save_file
 
 from .files import atomic_path, write_text
@@ -175,7 +176,8 @@ def features(extractor, images, batch_size: int = 256) -> np.ndarray:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batches = [images[i:i + batch_size].permute(0, 3, 1, 2).float() for i in range(0, len(images), batch_size)]
-    return np.concatenate([get_batch_features(b, extractor, torch.device("cpu")) for b in batches]).astype(np.float64)
+    with torch.no_grad():
+        return np.concatenate([extractor(batch).cpu().numpy() for batch in batches]).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------
@@ -205,6 +207,8 @@ def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
 
 def fid(stats_a, stats_b) -> float:
     """Frechet distance ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between (mu, sigma) pairs."""
+    from cleanfid.fid import frechet_distance
+
     (mu_a, sigma_a), (mu_b, sigma_b) = stats_a, stats_b
     if np.shape(mu_a) != np.shape(mu_b) or np.shape(sigma_a) != np.shape(sigma_b):
         raise ValueError(f"statistics disagree in feature size: mu {np.shape(mu_a)} vs {np.shape(mu_b)}, "

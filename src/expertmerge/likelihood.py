@@ -17,12 +17,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torchdiffeq import odeint
 
 from .experts.base import check_expert
 from .images import check_images, from_uint8
 from .noise import gamma_to_noise_level, vp_alpha_sigma
-from .sampling import per_image_max_rms
+from .sampling import odeint, per_image_max_rms
 
 DEQUANTIZATIONS = ("tn", "uniform")
 LOG_2PI = math.log(2 * math.pi)

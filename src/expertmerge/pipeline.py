@@ -59,7 +59,7 @@ def resolve_eta(label, expert_names: dict, eta_min: float, eta_max: float) -> Et
                           f"({', '.join(expert_names.values())})") from None
     if not (math.isfinite(eta) and eta_min - 1e-12 <= eta <= eta_max + 1e-12):
         raise ConfigError(f"eta {label} is outside the feasible range [{eta_min:.4f}, {eta_max:.4f}] "
-                          f"(Eq. 15) of the configured experts")
+                          f"(Eq. 15) of the experts' gamma ranges")
     return EtaChoice(label, eta, None, eta)
 
 

@@ -11,12 +11,18 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torchdiffeq import odeint
 
 from .experts.base import check_expert
 from .images import to_uint8
 from .merge import pieces
 from .noise import gamma_to_noise_level
+
+
+def odeint(*args, **kwargs):
+    """torchdiffeq.odeint."""
+    from torchdiffeq import odeint  # imported on use: it pulls in scipy.integrate (~0.3 s per job)
+
+    return odeint(*args, **kwargs)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 
 from .files import atomic_path
 
@@ -14,7 +13,8 @@ def write_json(path, payload) -> None:
         temporary.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def write_csv(path, frame: pd.DataFrame) -> None:
+def write_csv(path, frame) -> None:
+    """Write a pandas DataFrame as CSV."""
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
 

@@ -64,6 +64,8 @@ def main():
     seeds = range(args.batch)
     print(f"batch {args.batch}, {torch.get_num_threads()} threads, "
           f"{sum(p.numel() for p in quality_net.net.parameters())} parameters per net")
+    for sample in (sample_heun, sample_ode):  # warm-up: first calls import, allocate and initialise
+        sample(quality, seeds[:2], (1, 8, 8))
     for label, expert, nets in (("EDM expert", quality, [quality_net]), ("merged (eta=0.5)", merged, [quality_net, likelihood_net])):
         measure(f"PF-ODE  {label}", sample_ode, expert, nets, seeds)
         measure(f"Heun-18 {label}", sample_heun, expert, nets, seeds)

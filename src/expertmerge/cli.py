@@ -169,13 +169,12 @@ def cmd_nll(args):
 
 
 def cmd_vlb(args):
+    from .datasets import load_splits
     from .likelihood import vlb
     from .pipeline import build_expert
     from .shards import write_json
 
     expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta)
-    from .datasets import load_splits
-
     images = load_splits(args.data)[args.split]
     result = vlb(expert, images, seed=args.seed, batch_size=args.batch_size)
     means = {name: float(getattr(result, name).mean()) for name in ("prior", "reconstruction", "diffusion")}
@@ -208,14 +207,19 @@ def cmd_figure_tradeoff(args):
 
 
 def cmd_figure_grid(args):
+    import numpy as np
+
     from . import figures
     from .shards import load_shard
 
-    shards = [load_shard(path, "images") for path in args.shards]
+    shards = [load_shard(path, "images", "seeds") for path in args.shards]
     columns = [shard["record"]["eta_label"] for shard in shards]
     panels = [shard["images"][:args.count] for shard in shards]
+    seeds = shards[0]["seeds"][:args.count]
+    if any(not np.array_equal(shard["seeds"][:args.count], seeds) for shard in shards):
+        raise ValueError("the shards do not start from the same seeds; a grid across eta must share its noise")
     if args.kind == "fixed-noise":
-        figures.fixed_noise_grid(panels, columns, args.out)
+        figures.fixed_noise_grid(panels, columns, args.out, row_labels=[f"seed {seed}" for seed in seeds])
     else:
         figures.sample_grids(panels, columns, args.out, title=args.title)
 

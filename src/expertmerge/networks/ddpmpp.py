@@ -337,8 +337,9 @@ class VPPrecond(nn.Module):
         check_choice("model_type", model_type, ("SongUNet",))
         self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
         self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
-        self.sigma_min = float(self.sigma(epsilon_t))
-        self.sigma_max = float(self.sigma(1))
+        # In float64: NVlabs' float32 exp(.) - 1 gives sigma_min = 0.000977 instead of 0.001000.
+        self.sigma_min = float(self.sigma(torch.tensor(epsilon_t, dtype=torch.float64)))
+        self.sigma_max = float(self.sigma(torch.tensor(1.0, dtype=torch.float64)))
         self.model = SongUNet(img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels,
                               label_dim=label_dim, **model_kwargs)
 
@@ -355,6 +356,7 @@ class VPPrecond(nn.Module):
         if self.label_dim:
             class_labels = (torch.zeros([1, self.label_dim], device=x.device) if class_labels is None
                             else class_labels.to(torch.float32).reshape(-1, self.label_dim))
+        # float32 throughout, as in training: the network learned the float32 rounding of c_noise.
         c_out, c_in, c_noise = -sigma, 1 / (sigma**2 + 1).sqrt(), (self.M - 1) * self.sigma_inv(sigma)
         F_x = self.model(c_in * x, c_noise.flatten(), class_labels=class_labels, augment_labels=augment_labels)
         return x + c_out * F_x.to(torch.float32)  # c_skip = 1

@@ -22,9 +22,24 @@ def ddpmpp_cifar10(batch: int):
     return net, lambda: net(x, sigma)
 
 
+def vdm(preset: str):
+    """The paper's VDM U-Net (the PyTorch re-implementation's architecture): eps_hat(z; gamma)."""
+
+    def build(batch: int):
+        from expertmerge.networks.vdm_unet import VDM_PRESETS, VDMUNet
+        net = VDMUNet(**VDM_PRESETS[preset])
+        z = torch.randn(batch, 3, 32, 32)
+        gamma = torch.linspace(-13.3, 5.0, batch)
+        return net, lambda: net(z, gamma)
+
+    return build
+
+
 # name -> builder(batch) -> (module, forward closure). Add further networks here.
 NETWORKS = {
     "ddpmpp-cifar10": ddpmpp_cifar10,
+    "vdm-cifar10": vdm("cifar10"),
+    "vdm-imagenet32": vdm("imagenet32"),
 }
 
 

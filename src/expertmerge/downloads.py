@@ -1,0 +1,141 @@
+"""Verified downloads: fetch a file from a URL or local path and check its checksum before it lands.
+
+A checksum is written with its algorithm, "sha256:<hex>" or "md5:<hex>" (CIFAR-10 publishes an
+MD5). `fetch` copies or downloads to a temporary name beside the destination, verifies the digest,
+and only then renames, so a mismatch or an interrupted transfer never leaves an output file.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from .files import atomic_path
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = {"md5": 32, "sha256": 64}  # algorithm -> hex digest length
+CHUNK_BYTES = 1 << 20
+PROGRESS_SECONDS = 10.0  # log progress at most this often
+
+
+class ChecksumError(ValueError):
+    """A file's digest differs from the expected one."""
+
+
+class DownloadError(RuntimeError):
+    """A URL could not be read; the message says how to place the file by hand."""
+
+
+def parse_checksum(checksum: str) -> tuple[str, str]:
+    """"sha256:<hex>" or "md5:<hex>" -> (algorithm, lower-case hex digest)."""
+    if not isinstance(checksum, str) or ":" not in checksum:
+        raise ValueError(f"checksum must be 'algorithm:hexdigest' with algorithm one of {sorted(ALGORITHMS)}, got {checksum!r}")
+    algorithm, digest = checksum.split(":", 1)
+    algorithm, digest = algorithm.strip().lower(), digest.strip().lower()
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"checksum algorithm {algorithm!r} in {checksum!r} is not supported; allowed: {sorted(ALGORITHMS)}")
+    if len(digest) != ALGORITHMS[algorithm] or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{algorithm} checksum must be {ALGORITHMS[algorithm]} hexadecimal digits, got {digest!r}")
+    return algorithm, digest
+
+
+def file_checksum(path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"checksum algorithm {algorithm!r} is not supported; allowed: {sorted(ALGORITHMS)}")
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(path, checksum: str, *, name=None) -> None:
+    """Raise ChecksumError unless the file's digest equals `checksum` ("algorithm:hex")."""
+    algorithm, expected = parse_checksum(checksum)
+    actual = file_checksum(path, algorithm)
+    if actual != expected:
+        raise ChecksumError(f"{algorithm} checksum mismatch for {name or path}: expected {expected}, got {actual}")
+
+
+def _local_source(source: str) -> Path | None:
+    """The local path a source names (plain path or file:// URL), or None for an http(s) URL."""
+    parsed = urllib.parse.urlparse(str(source))
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
+        raise ValueError(f"cannot fetch {source!r}: allowed sources are a local path, file://, http:// or https:// URLs")
+    return Path(source)
+
+
+def _hand_placement(source, dest, checksum) -> str:
+    return (f"Download {source} yourself and place the file by hand at {Path(dest).resolve()} "
+            f"(it must have checksum {checksum}), then re-run.")
+
+
+def _copy_stream(response, file, total: int | None, source) -> int:
+    """Copy a response to a file in chunks, logging bytes and rate every PROGRESS_SECONDS."""
+    start = last = time.monotonic()
+    done = 0
+    while chunk := response.read(CHUNK_BYTES):
+        file.write(chunk)
+        done += len(chunk)
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            of = f" of {total / 1e6:.1f} MB" if total else ""
+            log.info("%s: %.1f MB%s at %.2f MB/s", source, done / 1e6, of, done / 1e6 / (now - start))
+    return done
+
+
+def _download(url: str, temporary: Path, timeout: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(temporary, "wb") as file:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        start = time.monotonic()
+        done = _copy_stream(response, file, total, url)
+    if total is not None and done != total:
+        raise urllib.error.URLError(f"connection closed after {done} of {total} bytes")
+    seconds = max(time.monotonic() - start, 1e-9)
+    log.info("downloaded %s: %.1f MB in %.1f s (%.2f MB/s)", url, done / 1e6, seconds, done / 1e6 / seconds)
+
+
+def fetch(source, checksum: str, dest, *, timeout: float = 60) -> Path:
+    """Place the file at `source` (local path, file://, http:// or https:// URL) at `dest`, verified.
+
+    If `dest` already exists with the right checksum nothing is read. Otherwise the file is copied
+    or downloaded to a temporary name beside `dest`, checked, then renamed; a checksum mismatch
+    raises ChecksumError and leaves no `dest`. An unreadable URL raises DownloadError naming it and
+    the path where the file can be placed by hand.
+    """
+    parse_checksum(checksum)
+    dest = Path(dest)
+    if dest.exists():
+        try:
+            verify_file(dest, checksum)
+            log.info("%s already present with checksum %s", dest, checksum)
+            return dest
+        except ChecksumError as error:
+            log.warning("%s exists but is not the expected file (%s); fetching it again", dest, error)
+    local = _local_source(source)
+    if local is not None and not local.is_file():
+        raise DownloadError(f"cannot read {source}: no such file. " + _hand_placement(source, dest, checksum))
+    with atomic_path(dest) as temporary:
+        if local is not None:
+            shutil.copyfile(local, temporary)
+        else:
+            try:
+                _download(str(source), temporary, timeout)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+                raise DownloadError(f"cannot download {source}: {error}. " + _hand_placement(source, dest, checksum)) from error
+        verify_file(temporary, checksum, name=f"{source} (fetched for {dest})")
+    return dest

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_CHECKSUM = "md5:c58f30108f718f92721af3b95e74349a"  # published on the CIFAR-10 page
 CIFAR10_CLASSES = 10
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{k}" for k in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"

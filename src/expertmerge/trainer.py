@@ -1,0 +1,258 @@
+"""Resumable, multi-GPU training of the paper-scale experts (App. A of the merging paper).
+
+`train(recipe, images, out_dir)` trains one expert from a recipe in `RECIPES`:
+
+* "vdm-cifar10": VDM (Kingma et al. 2021) on CIFAR-10: the VDM U-Net with 128 channels, its
+  continuous-time diffusion loss (Eq. 17) on the fixed linear gamma in [-13.3, 5], AdamW lr 2e-4,
+  betas (0.9, 0.99), weight decay 0.01 on weights only, 100 warm-up steps, batch 128, EMA 0.9999,
+  10M steps.
+* "vdm-imagenet32": as above with 256 channels, batch 512, 2M steps (warm-up kept at 100 steps).
+* "edm-imagenet32": NVlabs' `train.py --cond 0 --arch ddpmpp --duration 1000` (Karras et al. 2022):
+  EDM's loss (Eq. 8, Table 1) and preconditioning (`--precond edm`, NVlabs' default) around
+  the DDPM++ SongUNet, Adam lr 10e-4 ramped up over 10 Mimg, batch 1024, 1000 Mimg, EMA
+  half-life 0.5 Mimg with ramp-up ratio 0.05, dropout 0.13.
+  Deviation: NVlabs' default `--augment 0.12` (non-leaky augmentation pipe, augment_dim 9) is
+  not implemented; we train without augmentation and with augment_dim 0.
+
+Several GPUs: launch with `torchrun --nproc_per_node=G`; with WORLD_SIZE > 1 the net is wrapped
+in DistributedDataParallel (nccl on CUDA, gloo on CPU). The global batch of step k is the
+slice [kB, (k+1)B) of a sequence of per-epoch permutations seeded by (seed, epoch), so the data
+order does not depend on the world size; each rank takes its contiguous share of it. Noise and
+dropout come from generators seeded by (seed, step, rank): a run is reproducible for a given
+world size, and a run killed and resumed from its checkpoint ends bit-identical to one that was not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .experts.checkpoint import family_constants
+from .experts.edm import EDMPrecond
+from .files import atomic_path, write_text
+from .images import from_uint8
+from .networks.ddpmpp import DDPMPP_PRESETS, SongUNet
+from .networks.vdm_unet import VDM_PRESETS, VDMUNet
+from .training import EMA, edm_loss, make_optimizer, vdm_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME, WEIGHTS_NAME, META_NAME = "training-state.pt", "ema.safetensors", "ema.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    family: str                    # "edm" or "vdm": loss, preconditioning, network builder
+    preset: str                    # key of DDPMPP_PRESETS / VDM_PRESETS
+    batch_size: int                # global batch, summed over GPUs
+    total_images: int              # training length; steps = ceil(total_images / batch_size)
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float            # decoupled, on weight matrices/kernels only
+    lr_rampup_images: int          # linear ramp of the lr from 0, in images seen before the step
+    ema_decay: float | None        # constant EMA decay (VDM), or None
+    ema_halflife_images: int | None  # EMA half-life in images (EDM), or None
+    ema_rampup: float | None       # half-life at most this ratio of the images so far (EDM), or None
+    network: dict = field(default_factory=dict)  # overrides of the preset's network hyper-parameters
+    sigma_data: float = 0.5        # EDM preconditioning
+
+    def steps(self, batch_size: int | None = None) -> int:
+        return math.ceil(self.total_images / (batch_size or self.batch_size))
+
+
+_VDM = dict(family="vdm", lr=2e-4, betas=(0.9, 0.99), weight_decay=0.01, ema_decay=0.9999,
+            ema_halflife_images=None, ema_rampup=None)
+RECIPES = {
+    "vdm-cifar10": Recipe(preset="cifar10", batch_size=128, total_images=128 * 10_000_000,
+                          lr_rampup_images=128 * 100, **_VDM),
+    "vdm-imagenet32": Recipe(preset="imagenet32", batch_size=512, total_images=512 * 2_000_000,
+                             lr_rampup_images=512 * 100, **_VDM),
+    # NVlabs' ddpmpp defaults: channel_mult [2, 2, 2], dropout 0.13; no augment pipe (see above).
+    "edm-imagenet32": Recipe(family="edm", preset="cifar10", batch_size=1024, total_images=1_000_000_000,
+                             lr=10e-4, betas=(0.9, 0.999), weight_decay=0.0, lr_rampup_images=10_000_000,
+                             ema_decay=None, ema_halflife_images=500_000, ema_rampup=0.05,
+                             network=dict(augment_dim=0, dropout=0.13)),
+}
+
+
+def get_recipe(recipe) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown training recipe {recipe!r}; known recipes: {', '.join(sorted(RECIPES))}")
+    return RECIPES[recipe]
+
+
+def network_kwargs(recipe: Recipe, img_channels: int = 3) -> dict:
+    """The full hyper-parameters of the recipe's network (preset with the recipe's overrides)."""
+    if recipe.family == "vdm":
+        constants = family_constants("vdm")
+        return {**VDM_PRESETS[recipe.preset], "input_channels": img_channels, **recipe.network,
+                "gamma_min": constants["gamma_min"], "gamma_max": constants["gamma_max"]}
+    preset = {key: value for key, value in DDPMPP_PRESETS[recipe.preset].items() if key != "img_channels"}
+    return {**preset, "in_channels": img_channels, "out_channels": img_channels, **recipe.network}
+
+
+def build_network(recipe: Recipe, img_channels: int = 3) -> torch.nn.Module:
+    """VDMUNet(z, gamma) -> eps_hat for VDM; EDMPrecond(SongUNet)(x, sigma) -> D for EDM."""
+    kwargs = network_kwargs(recipe, img_channels)
+    if recipe.family == "vdm":
+        return VDMUNet(**kwargs)
+    return EDMPrecond(SongUNet(**kwargs), sigma_data=recipe.sigma_data)
+
+
+def expert_meta(recipe: Recipe, img_channels: int = 3) -> dict:
+    """JSON fields that let a loader rebuild the expert: family, network, valid gamma range."""
+    constants = family_constants(recipe.family, **({"sigma_data": recipe.sigma_data} if recipe.family == "edm" else {}))
+    network = "VDMUNet" if recipe.family == "vdm" else "EDMPrecond(SongUNet)"
+    return dict(constants, network=network, preset=recipe.preset, net=network_kwargs(recipe, img_channels))
+
+
+class _WithSigmaData:
+    """Lets `edm_loss` read sigma_data through a DDP wrapper, which hides module attributes."""
+
+    def __init__(self, module: torch.nn.Module, sigma_data: float):
+        self.module, self.sigma_data = module, sigma_data
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed derived from integer keys (seed, step, rank, ...)."""
+    return int(np.random.SeedSequence([int(key) for key in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Global batch of `step`: images [step B, (step+1) B) of epoch permutations seeded by (seed, epoch)."""
+    start, stop = step * batch_size, (step + 1) * batch_size
+    chunks = []
+    for epoch in range(start // n, (stop - 1) // n + 1):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(seed, 0, epoch)))
+        chunks.append(order[max(start - epoch * n, 0):min(stop - epoch * n, n)])
+    return torch.cat(chunks)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _save_checkpoint(path: Path, net, ema: EMA, optimizer, step: int, run: dict) -> None:
+    state = dict(net=net.state_dict(), ema=ema.net.state_dict(), optimizer=optimizer.state_dict(),
+                 step=step, run=json.dumps(run, sort_keys=True))
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+
+
+def _save_weights(out_dir: Path, ema: EMA, meta: dict) -> None:
+    tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in ema.net.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS_NAME) as temporary:
+        save_file(tensors, str(temporary), metadata={"family": meta["family"]})
+    write_text(out_dir / META_NAME, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, batch_size: int | None = None,
+          seed: int = 0, checkpoint_every: int = 1000, log_every: int = 100, device=None) -> dict:
+    """Train `recipe` (a name in RECIPES or a Recipe) on uint8 NHWC images; resume from
+    out_dir/training-state.pt if present. Runs `max_steps` steps in all (default: the recipe's
+    length at `batch_size`, default the recipe's global batch). Writes the training state every
+    `checkpoint_every` steps and at the end, and the EMA weights as out_dir/ema.safetensors +
+    ema.json. Returns the expert meta written to ema.json."""
+    recipe = get_recipe(recipe)
+    batch_size = batch_size or recipe.batch_size
+    steps = recipe.steps(batch_size) if max_steps is None else max_steps
+    for name, value in (("batch_size", batch_size), ("max_steps", steps), ("checkpoint_every", checkpoint_every),
+                        ("log_every", log_every)):
+        if not (isinstance(value, int) and value > 0):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    images = torch.as_tensor(np.asarray(images_uint8_nhwc))
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {list(images.shape)}")
+    rank, local_rank, world = _distributed()
+    if batch_size % world:
+        raise ValueError(f"global batch_size={batch_size} must be divisible by the world size {world}")
+    if device is None:
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    run = dict(recipe=asdict(recipe), batch_size=batch_size, seed=seed, world_size=world)
+    run = json.loads(json.dumps(run))  # tuples as lists, as they come back from the checkpoint
+
+    torch.manual_seed(seed_for(seed, 1))  # initial weights: the same on every rank
+    net = build_network(recipe, images.shape[3]).to(device).train()
+    ema = EMA(net, recipe.ema_decay if recipe.ema_decay is not None else 0.5 ** (batch_size / recipe.ema_halflife_images),
+              recipe.ema_rampup)
+    optimizer = make_optimizer(net, recipe)
+    start_step = 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if json.loads(state["run"]) != run:
+            raise ValueError(f"{checkpoint_path} was written by a different run {state['run']}; this run is "
+                             f"{json.dumps(run, sort_keys=True)}; remove it or use another out_dir")
+        net.load_state_dict(state["net"])
+        ema.net.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        if rank == 0:
+            log.info("resuming %s from step %d of %d", checkpoint_path, start_step, steps)
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
+        if world > 1 else net
+    if recipe.family == "edm":
+        loss_net, loss_fn = _WithSigmaData(model, recipe.sigma_data), edm_loss
+    else:
+        loss_net, loss_fn = model, vdm_loss
+    local = batch_size // world
+    started, losses = time.perf_counter(), []
+    for step in range(start_step, steps):
+        for group in optimizer.param_groups:  # NVlabs / optax: the ramp counts images seen before this step
+            group["lr"] = recipe.lr * min(step * batch_size / max(recipe.lr_rampup_images, 1e-8), 1.0)
+        indices = batch_indices(len(images), batch_size, step, seed)[rank * local:(rank + 1) * local]
+        x0 = from_uint8(images[indices]).to(device)
+        torch.manual_seed(seed_for(seed, 2, step, rank))  # dropout
+        generator = torch.Generator().manual_seed(seed_for(seed, 3, step, rank))  # noise levels and noise
+        loss = loss_fn(loss_net, x0, generator).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP averages the gradients over ranks
+        for p in net.parameters():  # as EDM: a non-finite gradient entry must not poison the weights
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        optimizer.step()
+        ema.update(net, step)
+        losses.append(loss.detach())
+        done = step + 1
+        if rank == 0 and (done % log_every == 0 or done == steps):
+            elapsed = time.perf_counter() - started
+            rate = (done - start_step) / elapsed
+            log.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f s elapsed, ETA %.0f s", done, steps,
+                     float(torch.stack(losses).mean()), rate, elapsed, (steps - done) / rate)
+            losses = []
+        if done % checkpoint_every == 0 or done == steps:
+            if rank == 0:
+                _save_checkpoint(checkpoint_path, net, ema, optimizer, done, run)
+            if world > 1:
+                torch.distributed.barrier()
+    meta = dict(expert_meta(recipe, images.shape[3]), training=dict(run, steps=max(steps, start_step),
+                image_shape=list(images.shape[1:]), n_images=len(images)))
+    if rank == 0:
+        _save_weights(out_dir, ema, meta)
+    if world > 1:
+        torch.distributed.barrier()
+    return meta

@@ -23,7 +23,7 @@ world size, and a run killed and resumed from its checkpoint ends bit-identical 
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import logging
 import math
@@ -117,16 +117,6 @@ def expert_meta(recipe: Recipe, img_channels: int = 3) -> dict:
     return dict(constants, network=network, preset=recipe.preset, net=network_kwargs(recipe, img_channels))
 
 
-class _WithSigmaData:
-    """Lets `edm_loss` read sigma_data through a DDP wrapper, which hides module attributes."""
-
-    def __init__(self, module: torch.nn.Module, sigma_data: float):
-        self.module, self.sigma_data = module, sigma_data
-
-    def __call__(self, *args):
-        return self.module(*args)
-
-
 def seed_for(*keys: int) -> int:
     """A 63-bit seed derived from integer keys (seed, step, rank, ...)."""
     return int(np.random.SeedSequence([int(key) for key in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -216,7 +206,7 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else net
     if recipe.family == "edm":
-        loss_net, loss_fn = _WithSigmaData(model, recipe.sigma_data), edm_loss
+        loss_net, loss_fn = model, functools.partial(edm_loss, sigma_data=recipe.sigma_data)  # DDP hides attributes
     else:
         loss_net, loss_fn = model, vdm_loss
     local = batch_size // world

@@ -36,11 +36,12 @@ EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # EDM Table 1, training noise distribution
 
 
 def edm_loss(precond_net, x0: torch.Tensor, generator: torch.Generator, p_mean: float = EDM_P_MEAN,
-             p_std: float = EDM_P_STD) -> torch.Tensor:
-    """EDM's loss per image (Eq. 8, Table 1), averaged over pixels: lambda(sigma) |D(x0 + n; sigma) - x0|^2."""
+             p_std: float = EDM_P_STD, sigma_data: float | None = None) -> torch.Tensor:
+    """EDM's loss per image (Eq. 8, Table 1), averaged over pixels: lambda(sigma) |D(x0 + n; sigma) - x0|^2.
+    sigma_data defaults to the preconditioned net's (pass it for a wrapped net, e.g. under DDP)."""
     n = x0.shape[0]
     sigma = (torch.randn(n, generator=generator, dtype=torch.float64) * p_std + p_mean).exp().to(x0.device)
-    sigma_data = precond_net.sigma_data
+    sigma_data = precond_net.sigma_data if sigma_data is None else sigma_data
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     noise = torch.randn(x0.shape, generator=generator).to(x0.device) * sigma.to(x0.dtype).view(-1, 1, 1, 1)
     denoised = precond_net(x0 + noise, sigma)

@@ -8,8 +8,6 @@ and the time of one full training step (loss, backward, AdamW, EMA) at `--train-
 median of 20 after 5 warm-up steps, for each thread count.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -17,16 +15,7 @@ from expertmerge.experts.checkpoint import build_network, family_constants, wrap
 from expertmerge.nets import count_parameters
 from expertmerge.training import EMA, family_loss, make_optimizer, make_config
 
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_time  # benchmarks/timing.py
 
 
 def main():
@@ -56,7 +45,7 @@ def main():
         for threads in args.threads:
             torch.set_num_threads(threads)
             with torch.no_grad():
-                forward = median_time(lambda: expert.denoise(x, 1.0), 7)
+                forward = median_time(lambda: expert.denoise(x, 1.0), 7, warmup=2)
             step = median_time(train_step, 20, warmup=5)
             print(f"{family}: {count_parameters(net)} parameters, threads {threads}: denoise batch {args.batch} "
                   f"{forward * 1e3:.1f} ms; train step batch {args.train_batch} {step * 1e3:.1f} ms "

@@ -7,10 +7,10 @@ prints the parameter and state-dict counts and the median wall time of one no-gr
 eval mode at `--batch` images, after one warm-up pass, for each thread count.
 """
 import argparse
-import statistics
-import time
 
 import torch
+
+from timing import median_time  # benchmarks/timing.py
 
 
 def ddpmpp_cifar10(batch: int):
@@ -41,17 +41,6 @@ NETWORKS = {
     "vdm-cifar10": vdm("cifar10"),
     "vdm-imagenet32": vdm("imagenet32"),
 }
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():

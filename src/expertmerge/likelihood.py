@@ -22,6 +22,7 @@ from .experts.base import check_expert
 from .images import check_images, from_uint8
 from .noise import gamma_to_noise_level, vp_alpha_sigma
 from .sampling import odeint, per_image_max_rms
+from .seeding import per_image_draw, per_image_generators
 
 DEQUANTIZATIONS = ("tn", "uniform")
 LOG_2PI = math.log(2 * math.pi)
@@ -75,15 +76,6 @@ def _check_call(expert, images, seeds, batch_size) -> tuple[torch.Tensor, list[i
     return images, seeds
 
 
-def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
-
-
-def _per_image(generators, draw: Callable[[torch.Generator], torch.Tensor], device) -> torch.Tensor:
-    """One draw per image from its own generator, made on the CPU for reproducibility."""
-    return torch.stack([draw(g) for g in generators]).to(device)
-
-
 def _raise_if_not_finite(values: torch.Tensor, indices: Sequence[int], what: str, noise_level=None) -> None:
     """Raise FloatingPointError naming the images (global indices) and noise levels where `values` is NaN/Inf."""
     bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
@@ -111,7 +103,7 @@ def dequantize_tn(x: torch.Tensor, s0: float, generators) -> tuple[torch.Tensor,
     tau = 1 / (256 * s0)
     mass = math.erf(tau / math.sqrt(2))  # Phi(tau) - Phi(-tau)
     lower = torch.special.ndtr(torch.tensor(-tau, dtype=torch.float64))
-    u = _per_image(generators, lambda g: torch.rand(x.shape[1:], generator=g, dtype=torch.float64), x.device)
+    u = per_image_draw(generators, lambda g: torch.rand(x.shape[1:], generator=g, dtype=torch.float64), x.device)
     eps = torch.special.ndtri(lower + u * mass).clamp(-tau, tau)
     dim = x[0].numel()
     log_q = (-0.5 * eps**2 - 0.5 * LOG_2PI).flatten(1).sum(1) - dim * (math.log(mass) + math.log(s0))
@@ -123,7 +115,7 @@ def dequantize_uniform(x: torch.Tensor, generators) -> tuple[torch.Tensor, torch
     2/256 around x. log q = dim log 128 (a density in data scale), the usual 8-bit offset: it adds
     log2(128) = 7 bits/dim to -log2 p(x0)/dim. The model density at gamma_min is taken as that of x0.
     """
-    u = _per_image(generators, lambda g: torch.rand(x.shape[1:], generator=g, dtype=torch.float64), x.device)
+    u = per_image_draw(generators, lambda g: torch.rand(x.shape[1:], generator=g, dtype=torch.float64), x.device)
     dim = x[0].numel()
     return x.double() + (u - 0.5) / 128, torch.full((x.shape[0],), dim * math.log(128), dtype=torch.float64,
                                                        device=x.device)
@@ -131,7 +123,7 @@ def dequantize_uniform(x: torch.Tensor, generators) -> tuple[torch.Tensor, torch
 
 def rademacher(generators, shape, device) -> torch.Tensor:
     """One Rademacher vector (entries +-1) per image: the Hutchinson probe, fixed through the solve."""
-    return _per_image(generators, lambda g: torch.randint(0, 2, shape, generator=g).float() * 2 - 1, device)
+    return per_image_draw(generators, lambda g: torch.randint(0, 2, shape, generator=g).float() * 2 - 1, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +212,7 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
     bpds, nfes = [], []
     for start in range(0, len(seeds), batch_size):
         indices = list(range(start, min(start + batch_size, len(seeds))))
-        generators = _generators(seeds[start:indices[-1] + 1])
+        generators = per_image_generators(seeds[start:indices[-1] + 1])
         x = from_uint8(images[start:indices[-1] + 1]).to(device)
         if dequantization == "tn":
             x0, log_q = dequantize_tn(x, s0, generators)
@@ -242,8 +234,8 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
 
 def _run_generators(seed: int, seeds: Sequence[int]) -> list[torch.Generator]:
     """Image j of run `seed`: a generator seeded from the pair (seed, seeds[j]) via numpy's SeedSequence."""
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, image_seed]).generate_state(
-        1, np.uint64)[0])) for image_seed in seeds]
+    return per_image_generators([int(np.random.SeedSequence([seed, image_seed]).generate_state(1, np.uint64)[0])
+                                 for image_seed in seeds])
 
 
 def prior_kl(x: torch.Tensor, gamma_max: float) -> torch.Tensor:
@@ -299,10 +291,10 @@ def vlb(expert, images, *, seed: int = 0, seeds=None, batch_size: int = 64, devi
         indices = list(range(start, min(start + batch_size, len(seeds))))
         generators = _run_generators(int(seed), seeds[start:indices[-1] + 1])
         x = from_uint8(images[start:indices[-1] + 1]).to(device).double()
-        normal = lambda: _per_image(generators, lambda g: torch.randn(x.shape[1:], generator=g,  # noqa: E731
+        normal = lambda: per_image_draw(generators, lambda g: torch.randn(x.shape[1:], generator=g,  # noqa: E731
                                                                       dtype=torch.float64), device)
         x0 = x + s0 * normal()
-        t = _per_image(generators, lambda g: torch.rand((), generator=g, dtype=torch.float64), device)
+        t = per_image_draw(generators, lambda g: torch.rand((), generator=g, dtype=torch.float64), device)
         eps = torch.cat([normal(), normal()])
         pair = diffusion_loss(expert, torch.cat([x, x]), torch.cat([t, 1 - t]), eps, indices + indices)
         nats = {"prior": prior_kl(x, gamma_max), "reconstruction": reconstruction_nll(x, x0, s0),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -16,6 +16,7 @@ from .experts.base import check_expert
 from .images import to_uint8
 from .merge import pieces
 from .noise import gamma_to_noise_level
+from .seeding import per_image_draw, per_image_generators
 
 
 def odeint(*args, **kwargs):
@@ -42,13 +43,9 @@ def _check_request(expert, seeds, shape) -> tuple[list[int], tuple[int, ...]]:
     return seeds, tuple(int(d) for d in shape)
 
 
-def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
-
-
 def _normal(generators, shape, device) -> torch.Tensor:
-    """One standard-normal draw of `shape` per generator, made on the CPU for reproducibility."""
-    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+    """One standard-normal draw of `shape` per image."""
+    return per_image_draw(generators, lambda g: torch.randn(shape, generator=g), device)
 
 
 def _in_batches(sample_batch: Callable, expert, seeds, shape, batch_size, device) -> SampleRecord:
@@ -59,7 +56,7 @@ def _in_batches(sample_batch: Callable, expert, seeds, shape, batch_size, device
     xs, nfes = [], []
     with torch.no_grad():
         for start in range(0, len(seeds), batch_size):
-            x, nfe = sample_batch(expert, _generators(seeds[start:start + batch_size]), shape, device)
+            x, nfe = sample_batch(expert, per_image_generators(seeds[start:start + batch_size]), shape, device)
             xs.append(x.float().cpu())
             nfes.append(torch.full((x.shape[0],), nfe, dtype=torch.int64))
     x = torch.cat(xs)

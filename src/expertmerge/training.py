@@ -28,7 +28,7 @@ import torch
 from .experts.checkpoint import build_network, check_family, family_constants, save_expert
 from .images import from_uint8
 from .nets import count_parameters
-from .noise import VDM_GAMMA_MAX, VDM_GAMMA_MIN, vp_alpha_sigma
+from .noise import VDM_GAMMA_MAX, VDM_GAMMA_MIN, gamma_to_noise_level, vp_alpha_sigma
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def expert_constants(family: str, gamma_min: float | None = None, gamma_max: flo
     """The family's constants with its valid gamma range overridden: for VDM the training schedule,
     for EDM the sigma range it is used on (its training noise is log-normal either way)."""
     if family == "edm":
-        ends = {key: math.exp(gamma / 2) for key, gamma in (("sigma_min", gamma_min), ("sigma_max", gamma_max))
+        ends = {key: gamma_to_noise_level(gamma) for key, gamma in (("sigma_min", gamma_min), ("sigma_max", gamma_max))
                 if gamma is not None}
         return family_constants("edm", **ends)
     ends = {key: gamma for key, gamma in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if gamma is not None}

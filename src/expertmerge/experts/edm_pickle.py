@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..downloads import file_checksum
 from ..files import atomic_path, write_text
 
 try:
@@ -176,12 +177,8 @@ def read_edm_pickle(path) -> dict[str, torch.Tensor]:
         return dict(_state_items(_load(file)["ema"]))
 
 
-def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path) -> str:
+    return file_checksum(path, "sha256")
 
 
 def _json_value(value):

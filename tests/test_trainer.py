@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from expertmerge.experts.checkpoint import load_expert
 from expertmerge.trainer import (CHECKPOINT_NAME, META_NAME, RECIPES, WEIGHTS_NAME, batch_indices, build_network,
                                  get_recipe, train)
 
@@ -31,7 +32,10 @@ def test_one_step_of_each_full_size_recipe(name, tmp_path):
     weights = load_file(tmp_path / WEIGHTS_NAME)
     recipe = RECIPES[name]
     assert set(weights) == set(build_network(recipe).state_dict())
-    assert json.loads((tmp_path / META_NAME).read_text()) == json.loads(json.dumps(meta))
+    written = json.loads((tmp_path / META_NAME).read_text())
+    assert {key: written[key] for key in meta} == json.loads(json.dumps(meta))
+    expert = load_expert(tmp_path / WEIGHTS_NAME)  # the EMA weights are an expert checkpoint
+    assert expert.image_shape == (3, 32, 32) and (expert.gamma_min, expert.gamma_max) == (meta["gamma_min"], meta["gamma_max"])
     assert meta["family"] == recipe.family and meta["gamma_min"] < meta["gamma_max"]
     assert meta["training"]["steps"] == 1 and all(torch.isfinite(w).all() for w in weights.values())
 

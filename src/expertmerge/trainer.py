@@ -34,14 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from .experts import checkpoint
 from .experts.checkpoint import family_constants
-from .experts.edm import EDMPrecond
-from .files import atomic_path, write_text
+from .files import atomic_path
 from .images import from_uint8
-from .networks.ddpmpp import DDPMPP_PRESETS, SongUNet
-from .networks.vdm_unet import VDM_PRESETS, VDMUNet
+from .networks.ddpmpp import DDPMPP_PRESETS
+from .networks.vdm_unet import VDM_PRESETS
 from .training import EMA, edm_loss, make_optimizer, vdm_loss
 
 log = logging.getLogger(__name__)
@@ -102,19 +101,16 @@ def network_kwargs(recipe: Recipe, img_channels: int = 3) -> dict:
     return {**preset, "in_channels": img_channels, "out_channels": img_channels, **recipe.network}
 
 
-def build_network(recipe: Recipe, img_channels: int = 3) -> torch.nn.Module:
-    """VDMUNet(z, gamma) -> eps_hat for VDM; EDMPrecond(SongUNet)(x, sigma) -> D for EDM."""
-    kwargs = network_kwargs(recipe, img_channels)
-    if recipe.family == "vdm":
-        return VDMUNet(**kwargs)
-    return EDMPrecond(SongUNet(**kwargs), sigma_data=recipe.sigma_data)
-
-
 def expert_meta(recipe: Recipe, img_channels: int = 3) -> dict:
     """JSON fields that let a loader rebuild the expert: family, network, valid gamma range."""
     constants = family_constants(recipe.family, **({"sigma_data": recipe.sigma_data} if recipe.family == "edm" else {}))
     network = "VDMUNet" if recipe.family == "vdm" else "EDMPrecond(SongUNet)"
     return dict(constants, network=network, preset=recipe.preset, net=network_kwargs(recipe, img_channels))
+
+
+def build_network(recipe: Recipe, img_channels: int = 3) -> torch.nn.Module:
+    """VDMUNet(z, gamma) -> eps_hat for VDM; EDMPrecond(SongUNet)(x, sigma) -> D for EDM."""
+    return checkpoint.build_network(expert_meta(recipe, img_channels))
 
 
 def seed_for(*keys: int) -> int:
@@ -147,20 +143,16 @@ def _save_checkpoint(path: Path, net, ema: EMA, optimizer, step: int, run: dict)
         torch.save(state, temporary)
 
 
-def _save_weights(out_dir: Path, ema: EMA, meta: dict) -> None:
-    tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in ema.net.state_dict().items()}
-    with atomic_path(out_dir / WEIGHTS_NAME) as temporary:
-        save_file(tensors, str(temporary), metadata={"family": meta["family"]})
-    write_text(out_dir / META_NAME, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
 def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, batch_size: int | None = None,
-          seed: int = 0, checkpoint_every: int = 1000, log_every: int = 100, device=None) -> dict:
+          seed: int = 0, checkpoint_every: int = 1000, log_every: int = 100, device=None, expert_stem=None) -> dict:
     """Train `recipe` (a name in RECIPES or a Recipe) on uint8 NHWC images; resume from
     out_dir/training-state.pt if present. Runs `max_steps` steps in all (default: the recipe's
     length at `batch_size`, default the recipe's global batch). Writes the training state every
-    `checkpoint_every` steps and at the end, and the EMA weights as out_dir/ema.safetensors +
-    ema.json. Returns the expert meta written to ema.json."""
+    `checkpoint_every` steps and at the end, and the EMA weights as an expert checkpoint
+    (`load_expert` reads it) at `expert_stem` (default out_dir/ema: ema.safetensors + ema.json).
+    Returns the expert meta written to its JSON."""
     recipe = get_recipe(recipe)
     batch_size = batch_size or recipe.batch_size
     steps = recipe.steps(batch_size) if max_steps is None else max_steps
@@ -239,10 +231,10 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
                 _save_checkpoint(checkpoint_path, net, ema, optimizer, done, run)
             if world > 1:
                 torch.distributed.barrier()
-    meta = dict(expert_meta(recipe, images.shape[3]), training=dict(run, steps=max(steps, start_step),
-                image_shape=list(images.shape[1:]), n_images=len(images)))
+    meta = dict(expert_meta(recipe, images.shape[3]), image_shape=[images.shape[3], *images.shape[1:3]],  # C, H, W
+                training=dict(run, steps=max(steps, start_step), n_images=len(images)))
     if rank == 0:
-        _save_weights(out_dir, ema, meta)
+        checkpoint.save_expert(expert_stem or out_dir / WEIGHTS_NAME, ema.net, meta)
     if world > 1:
         torch.distributed.barrier()
     return meta

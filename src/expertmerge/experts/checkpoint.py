@@ -1,6 +1,6 @@
 """Expert checkpoints: `<name>.safetensors` (weights) + `<name>.json` (everything else).
 
-The JSON names the family ("edm" or "vdm"), the network's hyper-parameters, the family's
+The JSON names the family ("edm" or "vdm"), the network class and its hyper-parameters, the family's
 constants (sigma_data and sigma range for EDM, gamma range for VDM; gamma_min/gamma_max
 are recorded for both) and free-form training information. `load_expert` rebuilds the
 network from the JSON, loads the weights with safetensors (which cannot execute code) and
@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from ..files import atomic_path, write_text
 from ..nets import SmallUNet
+from ..networks.ddpmpp import SongUNet, VPPrecond
+from ..networks.vdm_unet import VDMUNet
 from ..noise import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, noise_level_to_gamma
 from .edm import EDMExpert, EDMPrecond
 from .vdm import VDMExpert
@@ -45,23 +47,50 @@ def check_family(family) -> str:
     return family
 
 
+def _small_unet(meta: dict, net: dict) -> torch.nn.Module:
+    if meta["family"] == "edm":
+        return EDMPrecond(SmallUNet(**net), sigma_data=float(meta["sigma_data"]))
+    gamma_min, gamma_max = float(meta["gamma_min"]), float(meta["gamma_max"])
+    if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_min < gamma_max):
+        raise ValueError(f"VDM gamma range must be finite with gamma_min < gamma_max, got [{gamma_min}, {gamma_max}]")
+    return SmallUNet(**net, label_offset=gamma_min, label_scale=VDM_LABEL_RANGE / (gamma_max - gamma_min))
+
+
+def _vdm_unet(meta: dict, net: dict) -> torch.nn.Module:
+    if (net.get("gamma_min"), net.get("gamma_max")) != (meta["gamma_min"], meta["gamma_max"]):
+        raise ValueError(f"VDMUNet's gamma normalisation [{net.get('gamma_min')}, {net.get('gamma_max')}] differs from "
+                         f"the expert's gamma range [{meta['gamma_min']}, {meta['gamma_max']}]")
+    return VDMUNet(**net)
+
+
+# (family, "network" field) -> builder(meta, net hyper-parameters). The demo's checkpoints predate
+# the field and mean SmallUNet; the paper's experts are DDPM++ (NVlabs' VPPrecond, or EDMPrecond
+# around SongUNet when we train it) and the VDM re-implementation's U-Net.
+NETWORKS = {
+    ("edm", "SmallUNet"): _small_unet,
+    ("vdm", "SmallUNet"): _small_unet,
+    ("edm", "VPPrecond"): lambda meta, net: VPPrecond(**net),
+    ("edm", "EDMPrecond(SongUNet)"): lambda meta, net: EDMPrecond(SongUNet(**net), sigma_data=float(meta["sigma_data"])),
+    ("vdm", "VDMUNet"): _vdm_unet,
+}
+
+
 def build_network(meta: dict) -> torch.nn.Module:
-    """The trainable module a checkpoint stores: EDMPrecond(SmallUNet) for EDM, SmallUNet for VDM."""
+    """The module a checkpoint stores, from its JSON's family, "network" (default SmallUNet) and "net"."""
     family = check_family(meta.get("family"))
+    network = meta.get("network", "SmallUNet")
+    if (family, network) not in NETWORKS:
+        known = ", ".join(name for fam, name in NETWORKS if fam == family)
+        raise ValueError(f"expert meta names network {network!r} for family {family!r}; known: {known}")
     net_kwargs = meta.get("net")
     if not isinstance(net_kwargs, dict):
-        raise ValueError(f"expert meta needs 'net', a dict of SmallUNet hyper-parameters; got {net_kwargs!r}")
+        raise ValueError(f"expert meta needs 'net', a dict of {network} hyper-parameters; got {net_kwargs!r}")
     try:
-        if family == "edm":
-            return EDMPrecond(SmallUNet(**net_kwargs), sigma_data=float(meta["sigma_data"]))
-        gamma_min, gamma_max = float(meta["gamma_min"]), float(meta["gamma_max"])
-        if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_min < gamma_max):
-            raise ValueError(f"VDM gamma range must be finite with gamma_min < gamma_max, got [{gamma_min}, {gamma_max}]")
-        return SmallUNet(**net_kwargs, label_offset=gamma_min, label_scale=VDM_LABEL_RANGE / (gamma_max - gamma_min))
+        return NETWORKS[family, network](meta, net_kwargs)
     except KeyError as error:
         raise ValueError(f"expert meta of family {family!r} lacks the field {error.args[0]!r}") from error
     except TypeError as error:
-        raise ValueError(f"expert meta 'net' has hyper-parameters SmallUNet does not take: {error}") from error
+        raise ValueError(f"expert meta 'net' has hyper-parameters {network} does not take: {error}") from error
 
 
 def wrap_network(meta: dict, net: torch.nn.Module):

@@ -1,3 +1,6 @@
+import sys
+import types
+
 import pytest
 import torch
 
@@ -38,3 +41,19 @@ class Spy:
         self.calls += 1
         self.rows += x.shape[0]
         return self.expert.denoise(x, s)
+
+
+@pytest.fixture
+def persistence(monkeypatch):
+    """A stand-in `torch_utils.persistence` module, so pickle can name its reconstruct function."""
+    module = types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):
+        raise AssertionError("the real reconstruct hook must never be called by the reader")
+
+    _reconstruct_persistent_obj.__module__ = module.__name__
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
+    return module

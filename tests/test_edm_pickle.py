@@ -1,20 +1,16 @@
 """The EDM pickle reader: loads NVlabs' persistence format, never runs code from the file."""
 import collections
 import hashlib
-import json
 import os
 import pickle
 import pickletools
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from expertmerge.experts.edm_pickle import (ALLOWED_GLOBALS, RefusedGlobalError, convert_edm_pickle, read_edm_pickle,
-                                            sha256_file)
+from expertmerge.downloads import ChecksumError
+from expertmerge.experts.edm_pickle import ALLOWED_GLOBALS, RefusedGlobalError, read_edm_pickle, read_edm_snapshot
 
 ENV_FLAG = "EXPERTMERGE_TEST_EDM_SOURCE_RAN"
 
@@ -22,22 +18,6 @@ ENV_FLAG = "EXPERTMERGE_TEST_EDM_SOURCE_RAN"
 def module_source(marker) -> str:
     """Source whose execution leaves a file and an environment variable behind."""
     return f"import os\nopen({str(marker)!r}, 'w').write('ran')\nos.environ[{ENV_FLAG!r}] = '1'\n"
-
-
-@pytest.fixture
-def persistence(monkeypatch):
-    """A stand-in `torch_utils.persistence` module, so pickle can name its reconstruct function."""
-    module = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):
-        raise AssertionError("the real reconstruct hook must never be called by the reader")
-
-    _reconstruct_persistent_obj.__module__ = module.__name__
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
-    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
-    return module
 
 
 def persistent_classes(persistence, source):
@@ -230,27 +210,18 @@ def test_refuses_pickle_without_ema_network(tmp_path):
         read_edm_pickle(path)
 
 
-def test_convert_writes_safetensors_and_record(tmp_path, persistence, clean_environment):
+def test_snapshot_records_class_arguments_and_digest(tmp_path, persistence, clean_environment):
     path, net = edm_pickle(tmp_path, persistence, tmp_path / "executed")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert sha256_file(path) == digest
-
-    weights = convert_edm_pickle(path, tmp_path / "out" / "edm-cifar10", expected_sha256=digest)
-
-    assert weights == tmp_path / "out" / "edm-cifar10.safetensors"
-    state = load_file(str(weights))
-    assert state.keys() == net.state_dict().keys()
-    assert all(torch.equal(state[name], tensor) for name, tensor in net.state_dict().items())
-    record = json.loads((tmp_path / "out" / "edm-cifar10.json").read_text())
-    assert record["source"] == path.name and record["sha256"] == digest and record["tensors"] == len(state)
-    assert record["parameters"] == sum(t.numel() for t in state.values())
-    assert record["class_name"] == "VPPrecond" and record["init_kwargs"]["model_type"] == "SongUNet"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edm-cifar10.json", "edm-cifar10.safetensors"]
+    snapshot = read_edm_snapshot(path, expected_sha256=digest)
+    assert snapshot.sha256 == digest and snapshot.class_name == "VPPrecond"
+    assert snapshot.init_kwargs == {"img_resolution": 32, "model_type": "SongUNet"}
+    assert all(torch.equal(snapshot.state[name], tensor) for name, tensor in net.state_dict().items())
     assert not (tmp_path / "executed").exists()
 
 
-def test_convert_refuses_wrong_checksum_and_writes_nothing(tmp_path, persistence):
+def test_wrong_checksum_is_refused_before_unpickling(tmp_path, persistence, monkeypatch):
     path, _ = edm_pickle(tmp_path, persistence, tmp_path / "executed")
-    with pytest.raises(ValueError, match="expected 0{64}"):
-        convert_edm_pickle(path, tmp_path / "out" / "edm", expected_sha256="0" * 64)
-    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr("expertmerge.experts.edm_pickle._EDMUnpickler.load", lambda self: pytest.fail("unpickled"))
+    with pytest.raises(ChecksumError, match="expected 0{64}"):
+        read_edm_snapshot(path, expected_sha256="0" * 64)

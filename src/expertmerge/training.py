@@ -25,10 +25,10 @@ from typing import Callable
 
 import torch
 
-from .experts.checkpoint import build_network, check_family, family_constants, save_expert
+from .experts.checkpoint import build_network, check_family, expert_constants, save_expert
 from .images import from_uint8
 from .nets import count_parameters
-from .noise import VDM_GAMMA_MAX, VDM_GAMMA_MIN, gamma_to_noise_level, vp_alpha_sigma
+from .noise import VDM_GAMMA_MAX, VDM_GAMMA_MIN, vp_alpha_sigma
 
 log = logging.getLogger(__name__)
 
@@ -182,17 +182,6 @@ def _log_progress(record: dict) -> None:
     log.info("step %d/%d  train %.4f  val %.4f (best %.4f at %d)  %.0fs elapsed, ETA %.0fs",
              record["step"], record["steps"], record["train_loss"], record["val_loss"], record["best_val_loss"],
              record["best_step"], record["elapsed_s"], record["eta_s"])
-
-
-def expert_constants(family: str, gamma_min: float | None = None, gamma_max: float | None = None) -> dict:
-    """The family's constants with its valid gamma range overridden: for VDM the training schedule,
-    for EDM the sigma range it is used on (its training noise is log-normal either way)."""
-    if family == "edm":
-        ends = {key: gamma_to_noise_level(gamma) for key, gamma in (("sigma_min", gamma_min), ("sigma_max", gamma_max))
-                if gamma is not None}
-        return family_constants("edm", **ends)
-    ends = {key: gamma for key, gamma in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if gamma is not None}
-    return family_constants(family, **ends)
 
 
 def train_expert(family: str, train_images, val_images, *, out_stem, seed: int = 0, gamma_min: float | None = None,

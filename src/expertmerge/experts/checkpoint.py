@@ -20,7 +20,8 @@ from ..files import atomic_path, write_text
 from ..nets import SmallUNet
 from ..networks.ddpmpp import SongUNet, VPPrecond
 from ..networks.vdm_unet import VDMUNet
-from ..noise import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, noise_level_to_gamma
+from ..noise import (EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, gamma_to_noise_level,
+                     noise_level_to_gamma)
 from .edm import EDMExpert, EDMPrecond
 from .vdm import VDMExpert
 
@@ -41,6 +42,17 @@ def family_constants(family: str, sigma_data: float = 0.5, sigma_min: float = ED
     return dict(family="vdm", gamma_min=float(gamma_min), gamma_max=float(gamma_max))
 
 
+def expert_constants(family: str, gamma_min: float | None = None, gamma_max: float | None = None) -> dict:
+    """The family's constants with its valid gamma range overridden: for VDM the training schedule,
+    for EDM the sigma range it is used on (its training noise is log-normal either way)."""
+    if family == "edm":
+        ends = {key: gamma_to_noise_level(gamma) for key, gamma in (("sigma_min", gamma_min), ("sigma_max", gamma_max))
+                if gamma is not None}
+        return family_constants("edm", **ends)
+    ends = {key: gamma for key, gamma in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if gamma is not None}
+    return family_constants(family, **ends)
+
+
 def check_family(family) -> str:
     if family not in FAMILIES:
         raise ValueError(f"unknown expert family {family!r}; known families are {FAMILIES}")
@@ -56,13 +68,6 @@ def _small_unet(meta: dict, net: dict) -> torch.nn.Module:
     return SmallUNet(**net, label_offset=gamma_min, label_scale=VDM_LABEL_RANGE / (gamma_max - gamma_min))
 
 
-def _vdm_unet(meta: dict, net: dict) -> torch.nn.Module:
-    if (net.get("gamma_min"), net.get("gamma_max")) != (meta["gamma_min"], meta["gamma_max"]):
-        raise ValueError(f"VDMUNet's gamma normalisation [{net.get('gamma_min')}, {net.get('gamma_max')}] differs from "
-                         f"the expert's gamma range [{meta['gamma_min']}, {meta['gamma_max']}]")
-    return VDMUNet(**net)
-
-
 # (family, "network" field) -> builder(meta, net hyper-parameters). The demo's checkpoints predate
 # the field and mean SmallUNet; the paper's experts are DDPM++ (NVlabs' VPPrecond, or EDMPrecond
 # around SongUNet when we train it) and the VDM re-implementation's U-Net.
@@ -71,7 +76,7 @@ NETWORKS = {
     ("vdm", "SmallUNet"): _small_unet,
     ("edm", "VPPrecond"): lambda meta, net: VPPrecond(**net),
     ("edm", "EDMPrecond(SongUNet)"): lambda meta, net: EDMPrecond(SongUNet(**net), sigma_data=float(meta["sigma_data"])),
-    ("vdm", "VDMUNet"): _vdm_unet,
+    ("vdm", "VDMUNet"): lambda meta, net: VDMUNet(**net),  # net holds the gamma normalisation it was trained with
 }
 
 

@@ -8,7 +8,7 @@ import torch
 
 from ..noise import EDM_SIGMA_MAX, EDM_SIGMA_MIN, noise_level_to_gamma
 from .base import Expert
-from .edm_pickle import convert_edm_pickle, read_edm_pickle  # noqa: F401  (NVlabs' pickles, read without running code)
+from .edm_pickle import read_edm_pickle, read_edm_snapshot  # noqa: F401  (NVlabs' pickles, read without running code)
 
 
 class EDMExpert(Expert):

@@ -23,16 +23,14 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
-import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from ..downloads import file_checksum
-from ..files import atomic_path, write_text
+from ..downloads import ChecksumError
 
 try:
     from numpy._core.multiarray import scalar as _np_scalar
@@ -171,39 +169,29 @@ def _state_items(module: PickledObject, prefix: str = "", path: tuple = ()):
             yield from _state_items(child, f"{prefix}{name}.", path + (id(module),))
 
 
-def read_edm_pickle(path) -> dict[str, torch.Tensor]:
-    """The `ema` network's state dict (names as `net.state_dict()` gives them) from an NVlabs EDM pickle."""
-    with open(path, "rb") as file:
-        return dict(_state_items(_load(file)["ema"]))
+@dataclass(frozen=True)
+class EDMSnapshot:
+    """What an NVlabs pickle holds for the `ema` network, as data."""
+    state: dict            # name -> tensor, as `net.state_dict()` names them
+    class_name: str        # e.g. "VPPrecond"
+    init_kwargs: dict      # the constructor's keyword arguments, as the persistence wrapper recorded them
+    sha256: str            # of the file's bytes
 
 
-def sha256_file(path) -> str:
-    return file_checksum(path, "sha256")
-
-
-def _json_value(value):
-    return value.item() if isinstance(value, np.generic) else repr(value)
-
-
-def convert_edm_pickle(pkl_path, out_stem, expected_sha256: str | None = None) -> Path:
-    """Write the `ema` state dict of `pkl_path` as `<out_stem>.safetensors` plus `<out_stem>.json`.
-
-    The JSON records the source file name, its sha256, the tensor and parameter counts, and the
-    network's class name and constructor arguments. With `expected_sha256`, a file whose digest
-    differs is refused before it is unpickled. Returns the .safetensors path.
-    """
-    blob = Path(pkl_path).read_bytes()  # hash and unpickle the same bytes
+def read_edm_snapshot(path, expected_sha256: str | None = None) -> EDMSnapshot:
+    """Read the `ema` network of an NVlabs EDM pickle. With `expected_sha256` a file whose digest
+    differs raises ChecksumError before anything is unpickled (the same bytes are hashed and read)."""
+    blob = Path(path).read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256.lower():
-        raise ValueError(f"{str(pkl_path)!r} has sha256 {digest}, expected {expected_sha256}")
+        raise ChecksumError(f"sha256 checksum mismatch for {path}: expected {expected_sha256.lower()}, got {digest}")
     ema = _load(io.BytesIO(blob))["ema"]
-    state = dict(_state_items(ema))
-    record = dict(source=Path(pkl_path).name, sha256=digest, tensors=len(state),
-                  parameters=sum(t.numel() for t in state.values()), class_name=ema.class_name,
-                  init_kwargs=ema.state.get("_init_kwargs"))
-    weights, meta = Path(f"{out_stem}.safetensors"), Path(f"{out_stem}.json")
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(weights) as temporary:
-        save_file(state, str(temporary), metadata={"source": record["source"], "sha256": digest})
-    write_text(meta, json.dumps(record, indent=1, default=_json_value) + "\n")
-    return weights
+    init_kwargs = ema.state.get("_init_kwargs") or {}
+    if not isinstance(init_kwargs, dict):
+        raise ValueError(f"{path}: the ema network's _init_kwargs is a {type(init_kwargs).__name__}, not a dict")
+    return EDMSnapshot(dict(_state_items(ema)), ema.class_name, dict(init_kwargs), digest)
+
+
+def read_edm_pickle(path) -> dict[str, torch.Tensor]:
+    """The `ema` network's state dict (names as `net.state_dict()` gives them) from an NVlabs EDM pickle."""
+    return read_edm_snapshot(path).state

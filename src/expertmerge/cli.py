@@ -24,6 +24,26 @@ def seed_range(text: str) -> range:
     return range(start, stop)
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """'key=value' -> (key, value)."""
+    key, sep, value = text.partition("=")
+    if not (sep and key and value):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -49,12 +69,64 @@ class Progress:
 # Commands.
 
 def cmd_dataset(args):
-    from .datasets import load_digits_splits, save_splits
+    from pathlib import Path
 
-    splits = load_digits_splits(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
-    save_splits(args.out, splits, {"source": args.source, "seed": args.seed, "val_fraction": args.val_fraction,
-                                   "test_fraction": args.test_fraction})
+    from .datasets import load_digits_splits, save_splits
+    from .downloads import verify_file
+    from .image_datasets import read_image_dataset
+
+    files, checksums = dict(args.file), dict(args.checksum)
+    if args.source == "sklearn-digits":
+        splits = load_digits_splits(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+        meta = {"seed": args.seed, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+    else:
+        unchecked = sorted(set(files) - set(checksums))
+        if unchecked:
+            raise ValueError(f"--checksum is needed for every --file; missing for {unchecked}")
+        for role, path in files.items():  # hand-placed files are checked here too
+            verify_file(path, checksums[role])
+        splits = read_image_dataset(args.source, files)
+        meta = {"files": {role: Path(path).name for role, path in files.items()}, "checksums": checksums}
+    save_splits(args.out, splits, {"source": args.source, **meta})
     log.info("wrote %s: %s", args.out, {name: len(images) for name, images in splits.items()})
+
+
+def cmd_fetch(args):
+    from .downloads import fetch
+
+    fetch(args.source, args.checksum, args.out, timeout=args.timeout)
+
+
+def cmd_import_expert(args):
+    from .experts.imports import import_expert
+
+    meta = import_expert(args.input, args.format, args.out, family=args.family, gamma_min=args.gamma_min,
+                         gamma_max=args.gamma_max, image_shape=args.image_shape, checksum=args.checksum,
+                         network=args.network)
+    log.info("imported %s (%s) as a %s expert on gamma [%.4f, %.4f] -> %s", args.input, args.format, meta["network"],
+             meta["gamma_min"], meta["gamma_max"], args.out)
+
+
+def cmd_train_recipe(args):
+    import dataclasses
+    import os
+
+    from .datasets import load_splits
+    from .pipeline import check_recipe
+    from .trainer import get_recipe, train
+
+    recipe = get_recipe(args.recipe)
+    check_recipe(args.recipe, args.family, (args.gamma_min, args.gamma_max))
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:  # one process per GPU, this command in each
+        argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}", "-m", "expertmerge",
+                *sys.argv[1:]]
+        log.info("launching %d processes: %s %s", args.gpus, sys.executable, " ".join(argv))
+        os.execv(sys.executable, [sys.executable, *argv])
+    if args.network:
+        recipe = dataclasses.replace(recipe, network={**recipe.network, **args.network})
+    images = load_splits(args.data)[args.split]
+    train(recipe, images, args.workdir, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
+          checkpoint_every=args.checkpoint_every, log_every=args.log_every, expert_stem=args.out)
 
 
 def cmd_train_expert(args):
@@ -248,11 +320,47 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub, out_help)
         return sub
 
-    sub = command("dataset", cmd_dataset, "split a data set into train/val/test uint8 arrays", "splits .npz")
-    sub.add_argument("--source", choices=["sklearn-digits"], default="sklearn-digits")
-    sub.add_argument("--seed", type=int, default=0)
+    sub = command("dataset", cmd_dataset, "a data set as train/(val/)test uint8 arrays", "splits .npz")
+    sub.add_argument("--source", choices=["sklearn-digits", "cifar10", "imagenet32"], default="sklearn-digits")
+    sub.add_argument("--seed", type=int, default=0, help="sklearn-digits: split seed")
     sub.add_argument("--val-fraction", type=float, default=0.1)
     sub.add_argument("--test-fraction", type=float, default=0.2)
+    sub.add_argument("--file", type=key_value, action="append", default=[], metavar="ROLE=PATH",
+                     help="cifar10: archive=...; imagenet32: train=... and test=...")
+    sub.add_argument("--checksum", type=key_value, action="append", default=[], metavar="ROLE=ALG:HEX")
+
+    sub = command("fetch", cmd_fetch, "download or copy a file and verify its checksum", "destination path")
+    sub.add_argument("--source", required=True, help="http(s):// or file:// URL, or a local path")
+    sub.add_argument("--checksum", required=True, help="sha256:<hex> or md5:<hex>")
+    sub.add_argument("--timeout", type=positive_float, default=60.0, help="seconds without data before giving up")
+
+    sub = command("import-expert", cmd_import_expert, "convert an expert made elsewhere into an expert checkpoint",
+                  "checkpoint stem")
+    sub.add_argument("--input", required=True, help="the file (or, for --format expertmerge, the checkpoint stem)")
+    sub.add_argument("--format", choices=["edm-pickle", "vdm-checkpoint", "expertmerge"], required=True)
+    sub.add_argument("--family", choices=["edm", "vdm"], required=True)
+    sub.add_argument("--gamma-min", type=float, required=True)
+    sub.add_argument("--gamma-max", type=float, required=True)
+    sub.add_argument("--image-shape", type=int, nargs=3, metavar=("C", "H", "W"))
+    sub.add_argument("--checksum", help="sha256:<hex> or md5:<hex> of --input, checked first")
+    sub.add_argument("--network", type=json_object, default=None, help="JSON of network hyper-parameters to set")
+
+    sub = command("train-recipe", cmd_train_recipe, "train a paper-scale expert (resumable; --gpus > 1 uses torchrun)",
+                  "checkpoint stem")
+    sub.add_argument("--recipe", required=True, help="vdm-cifar10, vdm-imagenet32 or edm-imagenet32")
+    sub.add_argument("--family", choices=["edm", "vdm"], required=True, help="checked against the recipe")
+    sub.add_argument("--gamma-min", type=float, required=True, help="checked against the recipe")
+    sub.add_argument("--gamma-max", type=float, required=True)
+    sub.add_argument("--data", required=True, help="splits .npz")
+    sub.add_argument("--split", default="train")
+    sub.add_argument("--workdir", required=True, help="training state for resuming lives here")
+    sub.add_argument("--gpus", type=int, default=1)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--checkpoint-every", type=int, default=1000)
+    sub.add_argument("--log-every", type=int, default=100)
+    sub.add_argument("--max-steps", type=int, default=None, help="default: the recipe's length")
+    sub.add_argument("--batch-size", type=int, default=None, help="global batch; default: the recipe's")
+    sub.add_argument("--network", type=json_object, default=None, help="JSON overriding network hyper-parameters")
 
     sub = command("train-expert", cmd_train_expert, "train an expert (EDM loss or VDM ELBO)", "checkpoint stem")
     sub.add_argument("--family", choices=["edm", "vdm"], required=True)
@@ -332,9 +440,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if getattr(args, "steps", 0) is None:
         args.steps = {"ancestral": 256, "heun": 18}.get(getattr(args, "sampler", ""), None)
+    from .downloads import DownloadError
+
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, DownloadError) as error:  # bad input: one clear line, no traceback
         log.error("%s: %s", type(error).__name__, error)
         return 1
     return 0

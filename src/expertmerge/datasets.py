@@ -16,6 +16,7 @@ import numpy as np
 from .files import atomic_path, write_text
 
 SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "test")  # the paper's data sets have no validation split
 DIGITS_LEVELS = 16  # scikit-learn's digits use levels 0..16
 
 
@@ -69,17 +70,18 @@ def _check_npz_path(path) -> Path:
 def save_splits(path, splits: dict[str, np.ndarray], meta: dict | None = None) -> Path:
     """Write `splits` to `path` (.npz) and indices + `meta` to the .json next to it, each via a temp name."""
     path = _check_npz_path(path)
-    missing = [name for name in SPLITS if name not in splits]
+    missing = [name for name in REQUIRED_SPLITS if name not in splits]
     if missing:
-        raise ValueError(f"splits must hold images for {SPLITS}; missing {missing}")
-    for name in SPLITS:
+        raise ValueError(f"splits must hold images for {REQUIRED_SPLITS} (and optionally 'val'); missing {missing}")
+    present = [name for name in SPLITS if name in splits]
+    for name in present:
         images = splits[name]
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"split {name!r} must be uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"meta": dict(meta or {}),
-              "sizes": {name: int(len(splits[name])) for name in SPLITS},
-              "indices": {name: splits[f"{name}_indices"].tolist() for name in SPLITS if f"{name}_indices" in splits}}
+              "sizes": {name: len(splits[name]) for name in present},
+              "indices": {name: splits[f"{name}_indices"].tolist() for name in present if f"{name}_indices" in splits}}
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
         np.savez(file, **splits)
     write_text(_sidecar(path), json.dumps(record, indent=1) + "\n")
@@ -99,7 +101,7 @@ def load_splits(path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"{str(_sidecar(path))!r} is missing; save_splits writes it next to {str(path)!r}") from error
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(f"cannot read splits from {str(path)!r}: {error}") from error
-    sizes = {name: int(len(splits[name])) for name in SPLITS if name in splits}
+    sizes = {name: len(splits[name]) for name in SPLITS if name in splits}
     if sizes != record.get("sizes"):
         raise ValueError(f"{str(path)!r} holds split sizes {sizes} but its JSON records {record.get('sizes')}")
     return splits

@@ -173,3 +173,20 @@ def read_imagenet32(path) -> np.ndarray:
     if tarfile.is_tarfile(path):
         return _read_png_tar(path)
     raise ValueError(f"{path} must be a tar of PNGs, a directory of PNGs or .npz batches, or an .npz file")
+
+
+# The files each image data set is read from, by role (config.yaml's data.files maps roles to downloads).
+DATASET_FILES = {"cifar10": ("archive",), "imagenet32": ("train", "test")}
+IMAGE_SHAPE = (3, RESOLUTION, RESOLUTION)  # (C, H, W) of both
+
+
+def read_image_dataset(source: str, files: dict) -> dict[str, np.ndarray]:
+    """{"train": uint8 [N, 32, 32, 3], "test": ...} (CIFAR-10 also with labels) from the data set's files:
+    cifar10 {"archive": python tarball}; imagenet32 {"train": train_32x32.tar, "test": valid_32x32.tar}."""
+    if source not in DATASET_FILES:
+        raise ValueError(f"unknown image data set {source!r}; known: {', '.join(DATASET_FILES)}")
+    if set(files) != set(DATASET_FILES[source]):
+        raise ValueError(f"{source} is read from files {list(DATASET_FILES[source])}, got {sorted(files)}")
+    if source == "cifar10":
+        return read_cifar10_tarball(files["archive"])
+    return {"train": read_imagenet32(files["train"]), "test": read_imagenet32(files["test"])}

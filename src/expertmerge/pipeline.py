@@ -78,18 +78,77 @@ def experiment_eta_range(experiment: dict) -> tuple[float, float]:
     return feasible_etas([ranges["likelihood"], ranges["quality"]])[0]
 
 
+EXPERT_SOURCES = ("train", "recipe", "fetch", "path")  # how config.yaml says an expert is made
+
+
+def expert_source(spec: dict) -> str:
+    """Which of EXPERT_SOURCES an expert's config uses (the schema allows exactly one)."""
+    found = [key for key in EXPERT_SOURCES if key in spec]
+    if len(found) != 1:
+        raise ConfigError(f"an expert needs exactly one of {', '.join(EXPERT_SOURCES)}; got {found or 'none'}")
+    return found[0]
+
+
+def expert_stem(experiment_name: str, expert_name: str, spec: dict) -> str:
+    """Where the pipeline writes an expert's checkpoint (stem of .safetensors + .json)."""
+    return f"results/{experiment_name}/experts/{expert_source(spec)}/{expert_name}"
+
+
+def check_recipe(recipe: str, family: str, gamma_range) -> None:
+    """A training recipe must exist, be of the expert's family and train on the expert's gamma range."""
+    from .experts.checkpoint import family_constants
+    from .trainer import get_recipe
+
+    recipe_family = get_recipe(recipe).family
+    if recipe_family != family:
+        raise ConfigError(f"recipe {recipe!r} trains a {recipe_family!r} expert, but the expert's family is {family!r}")
+    constants = family_constants(family)
+    expected = (constants["gamma_min"], constants["gamma_max"])
+    if any(abs(a - b) > 1e-9 for a, b in zip(gamma_range, expected)):
+        raise ConfigError(f"recipe {recipe!r} trains on gamma [{expected[0]:.6g}, {expected[1]:.6g}] (the family's "
+                          f"default range); the expert's noise_range gives [{gamma_range[0]:.6g}, {gamma_range[1]:.6g}]")
+
+
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each shard of `count` items in shards of `shard_size`."""
     return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
 
 
+def has_analysis(experiment: dict) -> bool:
+    """Whether an experiment configures the measurements (etas, sampling, ...) or only its experts."""
+    return all(key in experiment for key in ANALYSIS_SECTIONS)
+
+
+ANALYSIS_SECTIONS = ("fid", "etas", "sampling", "nll", "vlb", "figures")
+
+
 def check_config(config: dict) -> None:
     """Semantic checks after schema validation; one ConfigError naming the first problem."""
+    downloads = config.get("downloads", {})
     for name, experiment in config["experiments"].items():
         roles = sorted(spec["role"] for spec in experiment["experts"].values())
         if roles != ["likelihood", "quality"]:
             raise ConfigError(f"experiment {name!r}: experts need exactly one 'quality' and one 'likelihood' role, "
                               f"got {roles}")
+        named = [(f"data.files.{role}", download) for role, download in experiment["data"].get("files", {}).items()]
+        named += [(f"experts.{expert}.fetch", spec["fetch"]["download"]) for expert, spec in experiment["experts"].items()
+                  if "fetch" in spec]
+        for where, download in named:
+            if download not in downloads:
+                raise ConfigError(f"experiment {name!r}: {where} names the download {download!r}, which is not under "
+                                  f"downloads (configured: {', '.join(downloads) or 'none'})")
+        for expert, spec in experiment["experts"].items():
+            if "recipe" in spec:
+                try:
+                    check_recipe(spec["recipe"]["name"], spec["family"], gamma_range(spec["noise_range"]))
+                except ValueError as error:
+                    raise ConfigError(f"experiment {name!r}, expert {expert!r}: {error}") from None
+        present = [key for key in ANALYSIS_SECTIONS if key in experiment]
+        if not present:
+            continue
+        if len(present) != len(ANALYSIS_SECTIONS):
+            raise ConfigError(f"experiment {name!r} configures {present} but not "
+                              f"{[key for key in ANALYSIS_SECTIONS if key not in present]}; give all or none of them")
         try:
             eta_min, eta_max = experiment_eta_range(experiment)
             labels = eta_labels(experiment)

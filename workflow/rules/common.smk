@@ -1,9 +1,14 @@
 # Plumbing for the workflow's stages: config lookups, eta labels, shards and target lists.
-from expertmerge.pipeline import check_config, eta_labels, expert_names, gamma_range, shard_ranges
+import re
+
+from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_source, expert_stem, gamma_range,
+                                  has_analysis, shard_ranges)
 
 check_config(config)
 
 SAMPLERS = ["ode", "ancestral"]
+DOWNLOAD_DIR = config["download_dir"]
+DOWNLOAD_NAMES = "|".join(map(re.escape, config["downloads"])) or "(?!)"  # (?!) matches nothing
 
 
 def experiment(wildcards):
@@ -19,22 +24,108 @@ def nll_shards(name):
     return range(config["experiments"][name]["nll"]["shards"])
 
 
+def stem_of(experiment_name, expert_name):
+    return expert_stem(experiment_name, expert_name, config["experiments"][experiment_name]["experts"][expert_name])
+
+
+def checkpoint_files(stem):
+    return [f"{stem}.safetensors", f"{stem}.json"]
+
+
 def expert_files(wildcards):
     """The checkpoints an eta needs: one expert for its baseline, both for a merge."""
     names = expert_names(experiment(wildcards))
     needed = [wildcards.eta] if wildcards.eta in names.values() else [names["quality"], names["likelihood"]]
-    stem = f"results/{wildcards.experiment}/experts/"
-    return [stem + name + ext for name in needed for ext in (".safetensors", ".json")]
+    return [path for name in needed for path in checkpoint_files(stem_of(wildcards.experiment, name))]
 
 
 def experts_argument(wildcards):
     """--quality/--likelihood arguments naming the checkpoint stems."""
     names = expert_names(experiment(wildcards))
-    stem = f"results/{wildcards.experiment}/experts/"
-    return f"--quality {stem}{names['quality']} --likelihood {stem}{names['likelihood']}"
+    stems = {role: stem_of(wildcards.experiment, name) for role, name in names.items()}
+    return f"--quality {stems['quality']} --likelihood {stems['likelihood']}"
+
+
+def all_expert_files():
+    """Every configured expert's checkpoint, of every experiment."""
+    return [path for name, spec in config["experiments"].items() for expert in spec["experts"]
+            for path in checkpoint_files(stem_of(name, expert))]
+
+
+def expert_spec(wildcards):
+    return experiment(wildcards)["experts"][wildcards.expert]
+
+
+def download_path(name):
+    return f"{DOWNLOAD_DIR}/{name}"
+
+
+def data_files(wildcards):
+    """{role: path} of the downloads a data set is read from (none for scikit-learn's digits)."""
+    return {role: download_path(name) for role, name in experiment(wildcards)["data"].get("files", {}).items()}
+
+
+def dataset_arguments(wildcards, input):
+    data = experiment(wildcards)["data"]
+    if data["source"] == "sklearn-digits":
+        return (f"--seed {data['seed']} --val-fraction {data['val_fraction']}"
+                f" --test-fraction {data['test_fraction']}")
+    checksums = {role: config["downloads"][name]["checksum"] for role, name in data["files"].items()}
+    return " ".join(f"--file {role}={input[role]} --checksum {role}={checksums[role]}" for role in data["files"])
+
+
+def imported_file(wildcards):
+    """The file an imported expert is converted from: a download, or a given path (a stem's two files)."""
+    spec = expert_spec(wildcards)
+    if "fetch" in spec:
+        return [download_path(spec["fetch"]["download"])]
+    if spec["path"]["format"] == "expertmerge":
+        return checkpoint_files(spec["path"]["path"])
+    return [spec["path"]["path"]]
+
+
+def import_arguments(wildcards):
+    spec = expert_spec(wildcards)
+    source = spec.get("fetch") or spec["path"]
+    checksum = config["downloads"][source["download"]]["checksum"] if "fetch" in spec else source.get("checksum")
+    low, high = gamma_range(spec["noise_range"])
+    image_shape = " ".join(map(str, IMAGE_SHAPES[experiment(wildcards)["data"]["source"]]))
+    arguments = [f"--input {spec['path']['path'] if 'path' in spec else download_path(source['download'])}",
+                 f"--format {source['format']} --family {spec['family']} --gamma-min {low} --gamma-max {high}",
+                 f"--image-shape {image_shape}"]
+    if checksum:
+        arguments.append(f"--checksum {checksum}")
+    if "network" in source:
+        arguments.append(f"--network {shell_json(source['network'])}")
+    return " ".join(arguments)
+
+
+def recipe_arguments(wildcards):
+    spec = expert_spec(wildcards)
+    recipe = spec["recipe"]
+    low, high = gamma_range(spec["noise_range"])
+    arguments = [f"--recipe {recipe['name']} --family {spec['family']} --gamma-min {low} --gamma-max {high}",
+                 f"--seed {recipe['seed']} --checkpoint-every {recipe['checkpoint_every']}",
+                 f"--log-every {recipe['log_every']}"]
+    arguments += [f"--{key.replace('_', '-')} {recipe[key]}" for key in ("max_steps", "batch_size") if key in recipe]
+    if "network" in recipe:
+        arguments.append(f"--network {shell_json(recipe['network'])}")
+    return " ".join(arguments)
+
+
+def shell_json(value):
+    import json
+    import shlex
+
+    return shlex.quote(json.dumps(value, separators=(",", ":")))
+
+
+IMAGE_SHAPES = {"sklearn-digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
 
 
 def experiment_targets(name):
+    if not has_analysis(config["experiments"][name]):
+        raise ValueError(f"experiment {name!r} configures no measurements (fid, etas, sampling, nll, vlb, figures)")
     base = f"results/{name}"
     tables = [f"{base}/tables/table{k}.{ext}" for k in (1, 2, 4) for ext in ("csv", "md", "tex")]
     figures = [f"{base}/figures/fig{k}.{ext}" for k in (2, 3, 6, 7) for ext in ("png", "pdf")]

@@ -1,17 +1,34 @@
-# Stage 1: the data set, split once into train/validation/test and recorded in results.
+# Stage 1: the data. Downloads are fetched once and checked against config.yaml's checksums (a file
+# placed by hand is checked when it is read); each data set is split once and recorded in results.
+
+
+rule fetch:
+    output:
+        f"{DOWNLOAD_DIR}/{{download}}",
+    params:
+        spec=lambda w: config["downloads"][w.download],
+    wildcard_constraints:
+        download=DOWNLOAD_NAMES,
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        "results/logs/fetch/{download}.log",
+    shell:
+        "expertmerge fetch --source {params.spec[url]:q} --checksum {params.spec[checksum]} --out {output:q} > {log} 2>&1"
 
 
 rule dataset:
+    input:
+        unpack(data_files),
     output:
         splits="results/{experiment}/data/splits.npz",
         record="results/{experiment}/data/splits.json",
     params:
-        data=lambda w: experiment(w)["data"],
+        source=lambda w: experiment(w)["data"]["source"],
+        arguments=lambda w, input: dataset_arguments(w, input),
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/dataset.log",
     shell:
-        "expertmerge dataset --source {params.data[source]} --seed {params.data[seed]}"
-        " --val-fraction {params.data[val_fraction]} --test-fraction {params.data[test_fraction]}"
-        " --out {output.splits} > {log} 2>&1"
+        "expertmerge dataset --source {params.source} {params.arguments} --out {output.splits} > {log} 2>&1"

@@ -1,16 +1,23 @@
-# Stage 2: the experts. On the demo both are trained by the pipeline (EDM loss for the quality
-# expert, VDM's ELBO for the likelihood expert) and stored as safetensors + JSON.
+# Stage 2: the experts, stored as safetensors + JSON under results/{experiment}/experts/{source}/,
+# where source is how config.yaml makes them: train (the demo's small U-Nets, EDM loss for the
+# quality expert and VDM's ELBO for the likelihood expert), recipe (the paper-scale trainer), fetch
+# (a download converted once) or path (a given file converted once).
+
+
+rule experts:
+    input:
+        all_expert_files(),
 
 
 rule train_expert:
     input:
         splits=rules.dataset.output.splits,
     output:
-        weights="results/{experiment}/experts/{expert}.safetensors",
-        record="results/{experiment}/experts/{expert}.json",
+        weights="results/{experiment}/experts/train/{expert}.safetensors",
+        record="results/{experiment}/experts/train/{expert}.json",
     params:
         spec=lambda w: experiment(w)["experts"][w.expert],
-        stem=lambda w: f"results/{w.experiment}/experts/{w.expert}",
+        stem=lambda w: f"results/{w.experiment}/experts/train/{w.expert}",
         gamma_range=lambda w: gamma_range(experiment(w)["experts"][w.expert]["noise_range"]),
         fourier=lambda w: fourier_argument(experiment(w)["experts"][w.expert]["train"]),
     threads: 1
@@ -25,3 +32,44 @@ rule train_expert:
         " --lr {params.spec[train][lr]} --ema-decay {params.spec[train][ema_decay]}"
         " --eval-every {params.spec[train][eval_every]} --seed {params.spec[train][seed]}"
         " {params.fourier} --threads {threads} --out {params.stem} > {log} 2>&1"
+
+
+rule train_recipe:
+    input:
+        splits=rules.dataset.output.splits,
+    output:
+        weights="results/{experiment}/experts/recipe/{expert}.safetensors",
+        record="results/{experiment}/experts/recipe/{expert}.json",
+    params:
+        arguments=recipe_arguments,
+        stem=lambda w: f"results/{w.experiment}/experts/recipe/{w.expert}",
+        workdir=lambda w: f"results/{w.experiment}/training/{w.expert}",  # kept across failures: resumes
+    threads: 8
+    resources:
+        gpu=lambda w: expert_spec(w)["recipe"]["gpus"],
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        "results/{experiment}/logs/train_recipe/{expert}.log",
+    shell:
+        "expertmerge train-recipe {params.arguments} --data {input.splits} --workdir {params.workdir}"
+        " --gpus {resources.gpu} --out {params.stem} >> {log} 2>&1"
+
+
+rule import_expert:
+    input:
+        imported_file,
+    output:
+        weights="results/{experiment}/experts/{source}/{expert}.safetensors",
+        record="results/{experiment}/experts/{source}/{expert}.json",
+    params:
+        arguments=import_arguments,
+        stem=lambda w: f"results/{w.experiment}/experts/{w.source}/{w.expert}",
+    wildcard_constraints:
+        source="fetch|path",
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        "results/{experiment}/logs/import_expert/{source}/{expert}.log",
+    shell:
+        "expertmerge import-expert {params.arguments} --out {params.stem} > {log} 2>&1"

@@ -1,3 +1,4 @@
+import contextlib
 import sys
 import types
 
@@ -43,9 +44,9 @@ class Spy:
         return self.expert.denoise(x, s)
 
 
-@pytest.fixture
-def persistence(monkeypatch):
-    """A stand-in `torch_utils.persistence` module, so pickle can name its reconstruct function."""
+@contextlib.contextmanager
+def persistence_module():
+    """A stand-in `torch_utils.persistence` module in sys.modules, so pickle can name its reconstruct function."""
     module = types.ModuleType("torch_utils.persistence")
 
     def _reconstruct_persistent_obj(meta):
@@ -54,6 +55,19 @@ def persistence(monkeypatch):
     _reconstruct_persistent_obj.__module__ = module.__name__
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
     module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
-    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
-    return module
+    saved = {name: sys.modules.get(name) for name in ("torch_utils", "torch_utils.persistence")}
+    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": module})
+    try:
+        yield module
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+
+
+@pytest.fixture
+def persistence():
+    with persistence_module() as module:
+        yield module

@@ -42,9 +42,9 @@ def snakemake(workdir, *args, check=True):
     return result
 
 
-def planned_jobs(workdir):
+def planned_jobs(workdir, *targets):
     """{rule: count} that a dry-run would execute."""
-    out = snakemake(workdir, "-n", "--quiet", "rules").stdout
+    out = snakemake(workdir, "-n", *targets, "--quiet", "rules").stdout
     return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M) if rule != "total"}
 
 

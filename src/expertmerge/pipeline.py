@@ -125,6 +125,11 @@ ANALYSIS_SECTIONS = ("fid", "etas", "sampling", "nll", "vlb", "figures")
 def check_config(config: dict) -> None:
     """Semantic checks after schema validation; one ConfigError naming the first problem."""
     downloads = config.get("downloads", {})
+    demo = config["experiments"].get(config["demo"])
+    if demo is None or not has_analysis(demo):
+        with_analysis = [name for name, spec in config["experiments"].items() if has_analysis(spec)]
+        raise ConfigError(f"demo: {config['demo']!r} must name an experiment with measurements configured "
+                          f"(one of {with_analysis})")
     for name, experiment in config["experiments"].items():
         roles = sorted(spec["role"] for spec in experiment["experts"].values())
         if roles != ["likelihood", "quality"]:

@@ -1,0 +1,147 @@
+"""The paper's experts in the workflow: the real config's plan, and a small real run from local files
+(a CIFAR-10-format tarball, an NVlabs-format EDM pickle, a recipe trained for two steps)."""
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import persistence_module
+from test_image_datasets import write_cifar_tarball
+from test_imports import SMALL_DDPMPP, nvlabs_pickle, randomized
+from test_pipeline import BASE, REPO, planned_jobs, snakemake, write_config
+
+from expertmerge.datasets import load_splits, save_splits
+from expertmerge.experts.checkpoint import load_expert
+from expertmerge.networks.ddpmpp import VPPrecond
+
+BIN = Path(sys.executable).parent / "expertmerge"
+
+
+def test_experts_target_plans_every_paper_job(tmp_path):
+    write_config(tmp_path, BASE)
+    assert planned_jobs(tmp_path, "experts") == {
+        "fetch": 4,            # CIFAR-10 tarball, two ImageNet32 tars, the EDM pickle
+        "dataset": 3,          # digits, cifar10, imagenet32
+        "import_expert": 1,    # EDM CIFAR-10 from NVlabs' pickle
+        "train_recipe": 3,     # VDM CIFAR-10, VDM ImageNet32, EDM ImageNet32
+        "train_expert": 2,     # the demo's two experts
+        "experts": 1,
+    }
+
+
+def file_url(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+@pytest.fixture(scope="module")
+def small_paper_config(tmp_path_factory):
+    """A config whose 'tiny' experiment is the paper's CIFAR-10 set-up at toy size, from local files."""
+    sources = tmp_path_factory.mktemp("sources")
+    write_cifar_tarball(sources / "cifar.tar.gz", count=2)
+    net = randomized(VPPrecond(**dict(SMALL_DDPMPP, img_resolution=32)), seed=3)
+    with persistence_module() as persistence:
+        pickle_checksum = nvlabs_pickle(sources / "edm.pkl", net, dict(SMALL_DDPMPP, img_resolution=32),
+                                        persistence._reconstruct_persistent_obj, sources / "executed")
+    config = copy.deepcopy(BASE)
+    config["downloads"].update({
+        "cifar.tar.gz": {"url": file_url(sources / "cifar.tar.gz"),
+                         "checksum": "md5:" + hashlib.md5((sources / "cifar.tar.gz").read_bytes()).hexdigest()},
+        "edm.pkl": {"url": str(sources / "edm.pkl"), "checksum": pickle_checksum},
+    })
+    config["experiments"]["tiny"] = {
+        "data": {"source": "cifar10", "files": {"archive": "cifar.tar.gz"}},
+        "experts": {
+            "edm": {"role": "quality", "family": "edm", "noise_range": {"sigma_min": 0.002, "sigma_max": 80.0},
+                    "fetch": {"download": "edm.pkl", "format": "edm-pickle"}},
+            "vdm": {"role": "likelihood", "family": "vdm", "noise_range": {"gamma_min": -13.3, "gamma_max": 5.0},
+                    "recipe": {"name": "vdm-cifar10", "max_steps": 2, "batch_size": 2, "checkpoint_every": 1,
+                               "log_every": 1, "network": {"embedding_dim": 32, "n_blocks": 1, "norm_groups": 8}}},
+        },
+    }
+    return config, net, sources
+
+
+TINY_EXPERTS = ["results/tiny/experts/fetch/edm.safetensors", "results/tiny/experts/recipe/vdm.safetensors"]
+
+
+def test_small_paper_experts_are_built_from_local_files(tmp_path, small_paper_config):
+    config, net, sources = small_paper_config
+    write_config(tmp_path, config)
+    snakemake(tmp_path, *TINY_EXPERTS)
+
+    splits = load_splits(tmp_path / "results/tiny/data/splits.npz")
+    assert splits["train"].shape == (10, 32, 32, 3) and splits["test"].shape == (2, 32, 32, 3)
+    assert (tmp_path / "resources/downloads/edm.pkl").read_bytes() == (sources / "edm.pkl").read_bytes()
+    edm = load_expert(tmp_path / "results/tiny/experts/fetch/edm")
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.01, 10.0])
+    assert torch.equal(edm.denoise(x, sigma), net(x, sigma)) and edm.image_shape == (3, 32, 32)
+    vdm = load_expert(tmp_path / "results/tiny/experts/recipe/vdm")
+    assert vdm.meta["network"] == "VDMUNet" and vdm.meta["training"]["steps"] == 2
+    assert torch.isfinite(vdm.denoise(x, sigma)).all()
+    assert (tmp_path / "results/tiny/training/vdm/training-state.pt").is_file()  # what a re-run resumes from
+    assert not (sources / "executed").exists()
+    assert planned_jobs(tmp_path, *TINY_EXPERTS) == {}  # nothing left to do
+
+
+def test_checksum_mismatch_fails_and_leaves_no_output(tmp_path, small_paper_config):
+    config, _, _ = small_paper_config
+    config = copy.deepcopy(config)
+    config["downloads"]["cifar.tar.gz"]["checksum"] = "md5:" + "0" * 32
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "results/tiny/data/splits.npz", check=False)
+    assert result.returncode != 0
+    assert not (tmp_path / "resources/downloads/cifar.tar.gz").exists()
+    assert not (tmp_path / "results/tiny/data/splits.npz").exists()
+    log = (tmp_path / "results/logs/fetch/cifar.tar.gz.log").read_text()
+    assert "md5 checksum mismatch" in log and "expected " + "0" * 32 in log
+
+
+def test_hand_placed_file_is_checked_when_read(tmp_path, small_paper_config):
+    config, _, _ = small_paper_config
+    write_config(tmp_path, config)
+    placed = tmp_path / "resources/downloads/cifar.tar.gz"
+    placed.parent.mkdir(parents=True)
+    write_cifar_tarball(placed, count=3)  # a well-formed tarball, but not the configured file
+    result = snakemake(tmp_path, "results/tiny/data/splits.npz", check=False)
+    assert result.returncode != 0 and not (tmp_path / "results/tiny/data/splits.npz").exists()
+    assert "md5 checksum mismatch" in (tmp_path / "results/tiny/logs/dataset.log").read_text()
+
+
+def test_unreachable_download_says_where_to_place_the_file(tmp_path):
+    out = tmp_path / "resources" / "file.bin"
+    result = subprocess.run([str(BIN), "fetch", "--source", "http://127.0.0.1:9/file.bin", "--checksum",
+                             "sha256:" + "0" * 64, "--out", str(out), "--timeout", "5"], capture_output=True, text=True)
+    assert result.returncode == 1 and not out.exists()
+    assert "http://127.0.0.1:9/file.bin" in result.stderr and "place the file by hand at " + str(out) in result.stderr
+
+
+def test_recipe_runs_under_torchrun_with_two_processes(tmp_path, small_paper_config):
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    save_splits(tmp_path / "splits.npz", {"train": images, "test": images[:2]})
+    network = json.dumps({"embedding_dim": 32, "n_blocks": 1, "norm_groups": 8})
+    env = {**os.environ, "PATH": f"{BIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("WORLD_SIZE", None)
+    result = subprocess.run([str(BIN), "train-recipe", "--recipe", "vdm-cifar10", "--family", "vdm", "--gamma-min",
+                             "-13.3", "--gamma-max", "5.0", "--data", str(tmp_path / "splits.npz"), "--workdir",
+                             str(tmp_path / "work"), "--gpus", "2", "--max-steps", "2", "--batch-size", "4",
+                             "--network", network, "--out", str(tmp_path / "vdm")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launching 2 processes" in result.stderr
+    assert load_expert(tmp_path / "vdm").meta["training"]["world_size"] == 2
+
+
+def test_recipe_of_the_wrong_family_or_range_is_refused_before_training(tmp_path):
+    config = copy.deepcopy(BASE)
+    config["experiments"]["cifar10"]["experts"]["vdm"]["noise_range"] = {"gamma_min": -10.0, "gamma_max": 5.0}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "experts", check=False)
+    assert result.returncode != 0
+    assert "recipe 'vdm-cifar10' trains on gamma [-13.3, 5]" in result.stdout + result.stderr

@@ -4,6 +4,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,10 +139,44 @@ def test_recipe_runs_under_torchrun_with_two_processes(tmp_path, small_paper_con
     assert load_expert(tmp_path / "vdm").meta["training"]["world_size"] == 2
 
 
-def test_recipe_of_the_wrong_family_or_range_is_refused_before_training(tmp_path):
+def test_rerun_of_a_recipe_resumes_from_its_training_state(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    save_splits(tmp_path / "splits.npz", {"train": images, "test": images[:2]})
+    network = json.dumps({"embedding_dim": 32, "n_blocks": 1, "norm_groups": 8})
+
+    def train(max_steps):
+        return subprocess.run([str(BIN), "train-recipe", "--recipe", "vdm-cifar10", "--family", "vdm", "--gamma-min",
+                               "-13.3", "--gamma-max", "5", "--data", str(tmp_path / "splits.npz"), "--workdir",
+                               str(tmp_path / "work"), "--max-steps", str(max_steps), "--batch-size", "2",
+                               "--checkpoint-every", "1", "--network", network, "--out", str(tmp_path / "vdm")],
+                              capture_output=True, text=True, timeout=600)
+
+    assert train(1).returncode == 0
+    second = train(2)
+    assert second.returncode == 0 and "from step 1 of 2" in second.stderr
+    assert load_expert(tmp_path / "vdm").meta["training"]["steps"] == 2
+
+
+def with_change(change):
     config = copy.deepcopy(BASE)
-    config["experiments"]["cifar10"]["experts"]["vdm"]["noise_range"] = {"gamma_min": -10.0, "gamma_max": 5.0}
-    write_config(tmp_path, config)
+    change(config)
+    return config
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["experiments"]["cifar10"]["experts"]["vdm"].update(noise_range={"gamma_min": -10.0, "gamma_max": 5.0}),
+     r"recipe 'vdm-cifar10' trains on gamma \[-13.3, 5\]"),
+    (lambda c: c["experiments"]["cifar10"]["experts"]["vdm"].update(family="edm"),
+     "recipe 'vdm-cifar10' trains a 'vdm' expert, but the expert's family is 'edm'"),
+    (lambda c: c["experiments"]["cifar10"]["experts"]["edm"].update(path={"path": "x.pkl", "format": "edm-pickle"}),
+     "is valid under each of"),  # two ways of making one expert
+    (lambda c: c["downloads"]["edm-cifar10-32x32-uncond-vp.pkl"].update(checksum="sha1:abc"), "does not match"),
+    (lambda c: c["experiments"]["cifar10"]["data"]["files"].update(archive="cifar.tgz"),
+     "names the download 'cifar.tgz', which is not under downloads"),
+    (lambda c: c.update(demo="cifar10"), "must name an experiment with measurements"),
+])
+def test_bad_paper_config_is_refused_when_planning(tmp_path, change, message):
+    write_config(tmp_path, with_change(change))
     result = snakemake(tmp_path, "-n", "experts", check=False)
     assert result.returncode != 0
-    assert "recipe 'vdm-cifar10' trains on gamma [-13.3, 5]" in result.stdout + result.stderr
+    assert re.search(message, result.stdout + result.stderr), (result.stdout + result.stderr)[-3000:]

@@ -119,7 +119,7 @@ def cmd_train_recipe(args):
     check_recipe(args.recipe, args.family, (args.gamma_min, args.gamma_max))
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:  # one process per GPU, this command in each
         argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}", "-m", "expertmerge",
-                *sys.argv[1:]]
+                *args.argv]
         log.info("launching %d processes: %s %s", args.gpus, sys.executable, " ".join(argv))
         os.execv(sys.executable, [sys.executable, *argv])
     if args.network:
@@ -432,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # train-recipe re-launches itself under torchrun with them
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.threads:
         import torch

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from conftest import persistence_module
 from test_image_datasets import write_cifar_tarball
 from test_imports import SMALL_DDPMPP, nvlabs_pickle, randomized
-from test_pipeline import BASE, REPO, planned_jobs, snakemake, write_config
+from test_pipeline import BASE, planned_jobs, snakemake, write_config
 
 from expertmerge.datasets import load_splits, save_splits
 from expertmerge.experts.checkpoint import load_expert

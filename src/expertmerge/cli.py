@@ -154,11 +154,13 @@ def cmd_train_classifier(args):
 
 def cmd_reference_stats(args):
     from .datasets import load_splits
-    from .fid import feature_extractor, features, load_classifier, save_statistics, statistics
+    from .devices import resolve_device
+    from .fid import load_feature_network, save_statistics, statistics
 
-    model, _ = load_classifier(args.features)
+    network = load_feature_network(args.features_kind, args.features, resolve_device(args.device),
+                                   args.features_checksum)
     images = load_splits(args.data)[args.split]
-    mu, sigma = statistics(features(feature_extractor("digits-classifier", classifier=model), images))
+    mu, sigma = statistics(network(images))
     save_statistics(args.out, mu, sigma, num_images=len(images))
     log.info("reference statistics of %d %s images -> %s", len(images), args.split, args.out)
 
@@ -166,12 +168,14 @@ def cmd_reference_stats(args):
 def cmd_sample(args):
     import numpy as np
 
-    from .fid import feature_extractor, features, load_classifier
+    from .devices import resolve_device
+    from .fid import load_feature_network
     from .pipeline import build_expert
     from .sampling import sample_ancestral, sample_heun, sample_ode
     from .shards import save_sample_shard
 
-    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta)
+    device = resolve_device(args.device)
+    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device)
     sampler, options = {
         "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol}),
         "ancestral": (sample_ancestral, {"steps": args.steps}),
@@ -180,13 +184,13 @@ def cmd_sample(args):
     seeds, images, nfe = list(args.seeds), [], []
     progress = Progress(len(seeds), f"{args.sampler} samples at eta={args.eta}")
     for start in range(0, len(seeds), args.batch_size):  # image i uses seed i: batching changes nothing
-        record = sampler(expert, seeds[start:start + args.batch_size], shape, batch_size=args.batch_size, **options)
-        images.append(record.images.numpy())
-        nfe.append(record.nfe.numpy())
+        record = sampler(expert, seeds[start:start + args.batch_size], shape, batch_size=args.batch_size,
+                         device=device, **options)
+        images.append(record.images.cpu().numpy())
+        nfe.append(record.nfe.cpu().numpy())
         progress(start + len(record.nfe), nfe=int(record.nfe[0]))
     images, nfe = np.concatenate(images), np.concatenate(nfe)
-    model, _ = load_classifier(args.features)
-    feats = features(feature_extractor("digits-classifier", classifier=model), images)
+    feats = load_feature_network(args.features_kind, args.features, device, args.features_checksum)(images)
     save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats,
                       record={**choice.record(), "sampler": args.sampler, **options})
     log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
@@ -224,15 +228,17 @@ def _test_shard(args):
 def cmd_nll(args):
     import pandas as pd
 
+    from .devices import resolve_device
     from .likelihood import ode_nll
     from .pipeline import build_expert
     from .shards import write_csv
 
-    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta)
+    device = resolve_device(args.device)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device)
     images, indices = _test_shard(args)
     progress = Progress(len(indices), f"ODE NLL at eta={args.eta}")
     result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
-                     dequantization=args.dequantization, batch_size=args.batch_size, progress=progress)
+                     dequantization=args.dequantization, batch_size=args.batch_size, progress=progress, device=device)
     frame = pd.DataFrame({"image": list(indices), "bpd": result.bpd.numpy(), "nfe": result.nfe.numpy()})
     for key, value in choice.record().items():
         frame[key] = value
@@ -242,13 +248,15 @@ def cmd_nll(args):
 
 def cmd_vlb(args):
     from .datasets import load_splits
+    from .devices import resolve_device
     from .likelihood import vlb
     from .pipeline import build_expert
     from .shards import write_json
 
-    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta)
+    device = resolve_device(args.device)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device)
     images = load_splits(args.data)[args.split]
-    result = vlb(expert, images, seed=args.seed, batch_size=args.batch_size)
+    result = vlb(expert, images, seed=args.seed, batch_size=args.batch_size, device=device)
     means = {name: float(getattr(result, name).mean()) for name in ("prior", "reconstruction", "diffusion")}
     write_json(args.out, [{**choice.record(), "run": args.seed, "vlb": float(result.bpd.mean()), **means,
                            "num_images": len(images)}])
@@ -300,6 +308,7 @@ def cmd_figure_grid(args):
 # Argument parsing.
 
 def _experts(parser):
+    _device(parser)
     parser.add_argument("--quality", required=True, help="quality expert checkpoint stem (.safetensors + .json)")
     parser.add_argument("--likelihood", required=True, help="likelihood expert checkpoint stem")
     parser.add_argument("--eta", required=True, help="switch level: a number, eta_min, eta_max or an expert's name")
@@ -308,6 +317,16 @@ def _experts(parser):
 def _common(parser, out_help):
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def _device(parser):
+    parser.add_argument("--device", default="auto", help="auto (a free GPU if any, else cpu), cpu or cuda:N")
+
+
+def _features(parser):
+    parser.add_argument("--features-kind", choices=["digits-classifier", "inception"], default="digits-classifier")
+    parser.add_argument("--features", required=True, help="classifier stem, or the Inception weights file")
+    parser.add_argument("--features-checksum", default=None, help="sha256:<hex> of the Inception weights, checked first")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("reference-stats", cmd_reference_stats, "FID reference statistics of a split", "statistics .npz")
     sub.add_argument("--data", required=True)
     sub.add_argument("--split", default="train")
-    sub.add_argument("--features", required=True, help="classifier stem")
+    _features(sub)
+    _device(sub)
 
     sub = command("sample", cmd_sample, "generate one shard of samples (and their FID features)", "shard .npz")
     _experts(sub)
@@ -392,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--atol", type=positive_float, default=1e-5)
     sub.add_argument("--steps", type=int, default=None, help="ancestral: 256, heun: 18 by default")
     sub.add_argument("--batch-size", type=int, default=500)
-    sub.add_argument("--features", required=True, help="classifier stem for the FID features")
+    _features(sub)
 
     sub = command("fid", cmd_fid, "FID of one (sampler, eta) from its shards' features", "result .json")
     sub.add_argument("--reference", required=True)

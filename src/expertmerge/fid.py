@@ -156,6 +156,7 @@ def load_classifier(stem) -> tuple[DigitClassifier, dict]:
 # Feature extractors (clean-fid contract: float NCHW in [0, 255] -> [N, F]).
 
 EXTRACTORS = ("digits-classifier",)
+FEATURE_NETWORKS = ("digits-classifier", "inception")  # config.yaml's fid.features
 
 
 def feature_extractor(name: str, *, classifier: DigitClassifier | None = None):
@@ -178,6 +179,23 @@ def features(extractor, images, batch_size: int = 256) -> np.ndarray:
     batches = [images[i:i + batch_size].permute(0, 3, 1, 2).float() for i in range(0, len(images), batch_size)]
     with torch.no_grad():
         return np.concatenate([extractor(batch).cpu().numpy() for batch in batches]).astype(np.float64)
+
+
+def load_feature_network(kind: str, path, device="cpu", checksum: str | None = None):
+    """images (uint8 NHWC numpy) -> float64 features [N, F], for FID.
+
+    kind "digits-classifier": the demo's classifier at checkpoint stem `path`; "inception": clean-fid's
+    legacy_tensorflow Inception-v3 (the TF/EDM protocol) from the weights file at `path`.
+    """
+    if kind == "digits-classifier":
+        model, _ = load_classifier(path)
+        return lambda images: features(model, images)
+    if kind == "inception":
+        from .inception import inception_features, load_inception
+
+        model = load_inception(path, device=device, checksum=checksum)
+        return lambda images: inception_features(model, images, device=device)
+    raise ValueError(f"unknown FID feature network {kind!r}; allowed: {', '.join(FEATURE_NETWORKS)}")
 
 
 # ----------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"experiment {name!r}: etas has duplicates: {labels}")
 
 
-def build_expert(quality_stem, likelihood_stem, label):
+def build_expert(quality_stem, likelihood_stem, label, device="cpu"):
     """Load two expert checkpoints and return (expert for this eta label, EtaChoice, image shape).
 
     A baseline label (an expert's name, i.e. its checkpoint's file name) gives that expert alone on its
@@ -178,7 +178,7 @@ def build_expert(quality_stem, likelihood_stem, label):
 
     stems = {"quality": Path(quality_stem), "likelihood": Path(likelihood_stem)}
     names = {role: stem.name for role, stem in stems.items()}
-    loaded = {role: load_expert(stem) for role, stem in stems.items()
+    loaded = {role: load_expert(stem, device) for role, stem in stems.items()
               if str(label) not in names.values() or names[role] == str(label)}
     shape = tuple(next(iter(loaded.values())).image_shape)
     if len(loaded) == 1:

@@ -128,7 +128,8 @@ def experiment_targets(name):
         raise ValueError(f"experiment {name!r} configures no measurements (fid, etas, sampling, nll, vlb, figures)")
     base = f"results/{name}"
     tables = [f"{base}/tables/table{k}.{ext}" for k in (1, 2, 4) for ext in ("csv", "md", "tex")]
-    figures = [f"{base}/figures/fig{k}.{ext}" for k in (2, 3, 6, 7) for ext in ("png", "pdf")]
+    names = ["tradeoff", "fixed_noise", *(f"samples_{sampler}" for sampler in SAMPLERS)]
+    figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
     return tables + figures
 
 
@@ -172,15 +173,12 @@ def vlb_files(wildcards):
     )
 
 
-SAMPLE_FIGURES = {"6": "ode", "7": "ancestral"}
-
-
 def sample_panels(wildcards):
-    """Shard 0 of every eta for the sampler that figure `number` shows."""
+    """Shard 0 of every eta for the sampler that the figure shows."""
     return expand(
         "results/{experiment}/samples/{sampler}/{eta}/shard0.npz",
         experiment=wildcards.experiment,
-        sampler=SAMPLE_FIGURES[wildcards.number],
+        sampler=wildcards.sampler,
         eta=eta_labels(experiment(wildcards)),
     )
 

@@ -36,7 +36,8 @@ rule reference_statistics:
     log:
         "results/{experiment}/logs/reference_statistics.log",
     shell:
-        "expertmerge reference-stats --data {input.splits} --split train --features {params.classifier}"
+        "expertmerge reference-stats --data {input.splits} --split train --features-kind digits-classifier"
+        " --features {params.classifier}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -6,7 +6,8 @@ rule table1:
     input:
         nll_files,
     output:
-        csv=report("results/{experiment}/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
+        csv=report("results/{experiment}/tables/table1.csv", caption="../report/table1.rst", category="Tables",
+                   subcategory="{experiment}"),
         md="results/{experiment}/tables/table1.md",
         tex="results/{experiment}/tables/table1.tex",
     conda:
@@ -21,7 +22,8 @@ rule table2:
     input:
         per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
     output:
-        csv=report("results/{experiment}/tables/table2.csv", caption="../report/table2.rst", category="Tables"),
+        csv=report("results/{experiment}/tables/table2.csv", caption="../report/table2.rst", category="Tables",
+                   subcategory="{experiment}"),
         md="results/{experiment}/tables/table2.md",
         tex="results/{experiment}/tables/table2.tex",
     conda:
@@ -36,7 +38,8 @@ rule table4:
     input:
         vlb_files,
     output:
-        csv=report("results/{experiment}/tables/table4.csv", caption="../report/table4.rst", category="Tables"),
+        csv=report("results/{experiment}/tables/table4.csv", caption="../report/table4.rst", category="Tables",
+                   subcategory="{experiment}"),
         md="results/{experiment}/tables/table4.md",
         tex="results/{experiment}/tables/table4.tex",
     conda:
@@ -53,12 +56,13 @@ rule figure_tradeoff:
         vlb=vlb_files,
         fid=per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
     output:
-        png=report("results/{experiment}/figures/fig2.png", caption="../report/fig2.rst", category="Figures"),
-        pdf="results/{experiment}/figures/fig2.pdf",
+        png=report("results/{experiment}/figures/tradeoff.png", caption="../report/tradeoff.rst", category="Figures",
+                   subcategory="{experiment}"),
+        pdf="results/{experiment}/figures/tradeoff.pdf",
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/fig2.log",
+        "results/{experiment}/logs/figure_tradeoff.log",
     shell:
         "expertmerge figure-tradeoff --nll {input.nll} --vlb {input.vlb} --fid {input.fid}"
         " --out {output.png} > {log} 2>&1"
@@ -68,14 +72,15 @@ rule figure_fixed_noise:
     input:
         per_eta("results/{experiment}/samples/ode/{eta}/shard0.npz"),
     output:
-        png=report("results/{experiment}/figures/fig3.png", caption="../report/fig3.rst", category="Figures"),
-        pdf="results/{experiment}/figures/fig3.pdf",
+        png=report("results/{experiment}/figures/fixed_noise.png", caption="../report/fixed_noise.rst",
+                   category="Figures", subcategory="{experiment}"),
+        pdf="results/{experiment}/figures/fixed_noise.pdf",
     params:
         rows=lambda w: experiment(w)["figures"]["fixed_noise_rows"],
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/fig3.log",
+        "results/{experiment}/logs/figure_fixed_noise.log",
     shell:
         "expertmerge figure-grid --kind fixed-noise --count {params.rows} --shards {input}"
         " --out {output.png} > {log} 2>&1"
@@ -85,17 +90,15 @@ rule figure_samples:
     input:
         sample_panels,
     output:
-        png=report("results/{experiment}/figures/fig{number}.png", caption="../report/fig_samples.rst", category="Figures"),
-        pdf="results/{experiment}/figures/fig{number}.pdf",
-    wildcard_constraints:
-        number="6|7",
+        png=report("results/{experiment}/figures/samples_{sampler}.png", caption="../report/samples.rst",
+                   category="Figures", subcategory="{experiment}"),
+        pdf="results/{experiment}/figures/samples_{sampler}.pdf",
     params:
         samples=lambda w: experiment(w)["figures"]["grid_samples"],
-        sampler=lambda w: SAMPLE_FIGURES[w.number],
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/fig{number}.log",
+        "results/{experiment}/logs/figure_samples/{sampler}.log",
     shell:
-        "expertmerge figure-grid --kind samples --title '{params.sampler} sampler' --count {params.samples}"
+        "expertmerge figure-grid --kind samples --title '{wildcards.sampler} sampler' --count {params.samples}"
         " --shards {input} --out {output.png} > {log} 2>&1"

@@ -23,4 +23,5 @@ rule sample_shard:
     shell:
         "expertmerge sample {params.experts} --eta {wildcards.eta} --sampler {wildcards.sampler}"
         " {params.options} --seeds {params.seeds} --batch-size {params.batch_size}"
-        " --features {params.classifier} --threads {threads} --out {output} > {log} 2>&1"
+        " --features-kind digits-classifier --features {params.classifier} --threads {threads}"
+        " --out {output} > {log} 2>&1"

@@ -68,8 +68,8 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
         for column in columns:
             assert np.isfinite(table[column]).all(), table
         assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
-    for number in (2, 3, 6, 7):
-        assert (finished_run / "results" / "digits" / "figures" / f"fig{number}.png").stat().st_size > 0
+    for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral"):
+        assert (finished_run / "results" / "digits" / "figures" / f"{name}.png").stat().st_size > 0
 
 
 def test_second_run_is_a_no_op(finished_run):

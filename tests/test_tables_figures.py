@@ -1,3 +1,5 @@
+import re
+
 import matplotlib.image
 import numpy as np
 import pandas as pd
@@ -193,3 +195,34 @@ def test_grid_bad_input(tmp_path):
     with pytest.raises(TypeError, match="uint8"):
         figures.sample_grids([digits(2).astype(np.float32)], ["0.1"], tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_paper_tables_put_the_data_sets_side_by_side(tmp_path):
+    cifar, imagenet = pd.DataFrame(records()), pd.DataFrame(records(shift=1.0))
+    cifar["vlb"], imagenet["vlb"] = cifar["vlb_mean"], imagenet["vlb_mean"] + 1
+    runs = {name: pd.concat([frame, frame.assign(vlb=frame["vlb"] + 0.02)]).drop(columns=["vlb_mean", "vlb_std"])
+            for name, frame in (("CIFAR-10", cifar), ("ImageNet32", imagenet))}
+
+    table1 = tables.paper_table(1, {"CIFAR-10": cifar, "ImageNet32": imagenet})
+    assert list(table1.columns) == ["Dataset", "Metric", "EDM", "ηmin", "0.2", "0.4", "0.6", "ηmax", "VDM"]
+    assert table1[["Dataset", "Metric"]].values.tolist() == [["CIFAR-10", "NLL"], ["CIFAR-10", "NFE"],
+                                                             ["ImageNet32", "NLL"], ["ImageNet32", "NFE"]]
+    np.testing.assert_allclose(table1.iloc[0, 2:].to_numpy(float), [2.6 + (e - 0.5) ** 2 for e in ETAS])
+
+    both = {"CIFAR-10": pd.DataFrame(records("ode") + records("ancestral", shift=1.0)),
+            "ImageNet32": pd.DataFrame(records("ode", shift=2.0))}
+    table2 = tables.paper_table(2, both)
+    assert table2["Metric"].tolist() == ["FID (ODE)", "NFE (ODE)", "FID (ancestral)", "NFE (ancestral)",
+                                         "FID (ODE)", "NFE (ODE)"]
+    assert table2.loc[4, "VDM"] == pytest.approx(2 + 8 + 2.0)
+
+    table4 = tables.paper_table(4, runs)
+    assert list(table4.columns) == ["Threshold", "CIFAR-10 Mean", "CIFAR-10 Std", "ImageNet32 Mean", "ImageNet32 Std"]
+    assert table4["Threshold"].tolist() == ["EDM", "ηmin", "0.2", "0.4", "0.6", "ηmax", "VDM"]
+    np.testing.assert_allclose(table4["CIFAR-10 Std"], np.std([0, 0.02], ddof=1))
+
+    paths = tables.write_table(table1, tmp_path / "table1")
+    markdown = paths[1].read_text()
+    assert re.search(r"\| CIFAR-10 +\| NLL +\|", markdown) and " 2.85 |" in markdown and " 200 |" in markdown  # row decimals
+    with pytest.raises(ValueError, match="Tables 1, 2 and 4"):
+        tables.paper_table(3, {"CIFAR-10": cifar})

@@ -138,6 +138,8 @@ def check_config(config: dict) -> None:
         named = [(f"data.files.{role}", download) for role, download in experiment["data"].get("files", {}).items()]
         named += [(f"experts.{expert}.fetch", spec["fetch"]["download"]) for expert, spec in experiment["experts"].items()
                   if "fetch" in spec]
+        if "weights" in experiment.get("fid", {}):
+            named.append(("fid.weights", experiment["fid"]["weights"]))
         for where, download in named:
             if download not in downloads:
                 raise ConfigError(f"experiment {name!r}: {where} names the download {download!r}, which is not under "

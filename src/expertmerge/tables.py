@@ -161,6 +161,62 @@ def table4(records) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------
+# The paper's layout: data sets side by side.
+
+
+def short_label(eta_label: str) -> str:
+    """Column/row name of an eta in the paper's tables: 'EDM', 'ηmin', '0.3', 'ηmax', 'VDM'."""
+    return {"eta_min": "ηmin", "eta_max": "ηmax"}.get(eta_label, eta_label if is_merged(eta_label) else eta_label.upper())
+
+
+def _by_eta(frame: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """`columns` (record column -> shown name) of one data set, indexed by eta label, in eta order."""
+    frame = frame.sort_values("eta", kind="stable")
+    return frame.set_index("eta_label")[list(columns)].rename(columns=columns)
+
+
+def _eta_columns(parts: dict, metrics: dict, decimals: dict) -> pd.DataFrame:
+    """Tables 1 and 2 as printed: one row per (data set, metric), one column per eta."""
+    rows = []
+    for dataset, frame in parts.items():
+        for column, metric in metrics.items():
+            if column in frame.columns and frame[column].notna().any():
+                rows.append({"Dataset": dataset, "Metric": metric,
+                             **{short_label(label): value for label, value in frame[column].items()}})
+    table = pd.DataFrame(rows)
+    table.attrs.update(row_decimals=decimals)
+    return table
+
+
+def paper_table(number: int, records: dict) -> pd.DataFrame:
+    """Table 1, 2 or 4 in the paper's layout; `records` maps a data set's display name to its records
+    (per-image NLL rows, per-(sampler, eta) FID rows, or per-run VLB rows), in column order."""
+    if number == 1:
+        parts = {name: _by_eta(nll_summary(frame), {"bpd_mean": "NLL", "nfe_mean": "NFE"})
+                 for name, frame in records.items()}
+        return _eta_columns(parts, {"NLL": "NLL", "NFE": "NFE"}, {"NLL": 2, "NFE": 0})
+    if number == 2:
+        parts = {}
+        for name, frame in records.items():
+            frame = check_records(frame, ("sampler", "fid", "nfe_mean"))
+            pieces = [_by_eta(frame[frame["sampler"] == sampler],
+                              {"fid": f"FID ({SAMPLER_NAMES.get(sampler, sampler)})",
+                               "nfe_mean": f"NFE ({SAMPLER_NAMES.get(sampler, sampler)})"})
+                      for sampler in frame["sampler"].unique()]
+            parts[name] = pd.concat(pieces, axis=1)
+        metrics = {column: column for part in parts.values() for column in part.columns}
+        return _eta_columns(parts, metrics, {m: (2 if m.startswith("FID") else 0) for m in metrics})
+    if number == 4:
+        parts = [_by_eta(vlb_summary(frame), {"vlb_mean": f"{name} Mean", "vlb_std": f"{name} Std"})
+                 for name, frame in records.items()]
+        table = pd.concat(parts, axis=1).reset_index(names="Threshold")
+        table["Threshold"] = table["Threshold"].map(short_label)
+        decimals = {column: (2 if column.endswith("Mean") else 3) for column in table.columns[1:]}
+        return _finish(table, decimals, {})
+    raise ValueError(f"paper_table builds Tables 1, 2 and 4; got {number!r} (Tables 3 and 5: expertmerge.literature)")
+
+
+# ----------------------------------------------------------------------------
 # Writers.
 
 
@@ -169,6 +225,13 @@ def display_frame(table: pd.DataFrame) -> pd.DataFrame:
     decimals, errors = table.attrs.get("decimals", {}), table.attrs.get("errors", {})
     text = lambda value, d: "" if pd.isna(value) else f"{value:.{d}f}"
     shown = table.copy()
+    row_decimals = table.attrs.get("row_decimals")
+    if row_decimals:  # one metric per row (Tables 1 and 2 as printed)
+        numeric = [c for c in table.columns if c not in ("Dataset", "Metric")]
+        shown[numeric] = shown[numeric].astype(object)
+        for i, metric in enumerate(table["Metric"]):
+            for column in numeric:
+                shown.loc[i, column] = text(table.loc[i, column], row_decimals.get(metric, 2))
     for column in table.columns:
         if column in decimals:
             shown[column] = [text(v, decimals[column]) for v in table[column]]
@@ -184,7 +247,9 @@ def latex_text(text: str) -> str:
     for char in "\\&%#_{}$":
         text = text.replace(char, "\\" + char)
     for symbol, latex in (("ηmin", r"$\eta_{\min}$"), ("ηmax", r"$\eta_{\max}$"), ("η", r"$\eta$"),
-                          ("γ", r"$\gamma$"), ("∈", r"$\in$"), ("±", r"$\pm$")):
+                          ("γ", r"$\gamma$"), ("∈", r"$\in$"), ("±", r"$\pm$"), ("↓", r"$\downarrow$"),
+                          ("∨", r"$^{\vee}$"), ("†", r"$^{\dagger}$"), ("‡", r"$^{\ddagger}$"), ("⊎", r"$\uplus$"),
+                          ("∗", r"$^{*}$")):
         text = text.replace(symbol, latex)
     return text
 
@@ -196,10 +261,11 @@ def write_table(table: pd.DataFrame, stem, caption: str | None = None) -> list[P
     paths = [stem.with_name(stem.name + ext) for ext in (".csv", ".md", ".tex")]
     shown = display_frame(table)
     write_text(paths[0], table.to_csv(index=False))
+    text_columns = [c in table.columns and not pd.api.types.is_numeric_dtype(table[c]) for c in shown.columns]
     write_text(paths[1], (f"{caption}\n\n" if caption else "") + shown.to_markdown(
-        index=False, disable_numparse=True, colalign=("left",) + ("right",) * (len(shown.columns) - 1)) + "\n")
+        index=False, disable_numparse=True, colalign=["left" if t else "right" for t in text_columns]) + "\n")
     latex = shown.map(latex_text).rename(columns=latex_text)
     style = latex.style.hide(axis="index")
     write_text(paths[2], style.to_latex(hrules=True, caption=latex_text(caption) if caption else None,
-                                         column_format="l" + "r" * (len(latex.columns) - 1)))
+                                         column_format="".join("l" if t else "r" for t in text_columns)))
     return paths

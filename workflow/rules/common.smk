@@ -133,6 +133,22 @@ def experiment_targets(name):
     return tables + figures
 
 
+def feature_network_files(wildcards):
+    """What FID features are computed with: the demo's digit classifier or the Inception weights."""
+    fid = experiment(wildcards)["fid"]
+    if fid["features"] == "inception":
+        return [download_path(fid["weights"])]
+    return checkpoint_files(f"results/{wildcards.experiment}/fid/classifier")
+
+
+def feature_arguments(wildcards):
+    fid = experiment(wildcards)["fid"]
+    if fid["features"] == "inception":
+        checksum = config["downloads"][fid["weights"]]["checksum"]
+        return f"--features-kind inception --features {download_path(fid['weights'])} --features-checksum {checksum}"
+    return f"--features-kind digits-classifier --features results/{wildcards.experiment}/fid/classifier"
+
+
 def sampler_options(wildcards):
     sampling = experiment(wildcards)["sampling"]
     if wildcards.sampler == "ode":

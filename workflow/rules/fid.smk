@@ -1,5 +1,6 @@
-# Stage 4: FID. The feature network (a digit classifier on the demo) and the reference
-# statistics come from the training split; one FID per (sampler, eta) from its shards' features.
+# Stage 4: FID. The feature network (a digit classifier trained on the demo's training split, or
+# clean-fid's legacy-TensorFlow Inception for the paper) and reference statistics of the whole
+# training split; one FID per (sampler, eta) from its shards' features.
 
 
 rule train_classifier:
@@ -25,19 +26,18 @@ rule train_classifier:
 rule reference_statistics:
     input:
         splits=rules.dataset.output.splits,
-        classifier=rules.train_classifier.output.weights,
+        features=feature_network_files,
     output:
         "results/{experiment}/fid/reference.npz",
     params:
-        classifier=lambda w: f"results/{w.experiment}/fid/classifier",
+        features=feature_arguments,
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/reference_statistics.log",
     shell:
-        "expertmerge reference-stats --data {input.splits} --split train --features-kind digits-classifier"
-        " --features {params.classifier}"
+        "expertmerge reference-stats --data {input.splits} --split train {params.features}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
 

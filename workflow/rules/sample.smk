@@ -6,7 +6,7 @@
 rule sample_shard:
     input:
         experts=expert_files,
-        classifier="results/{experiment}/fid/classifier.safetensors",
+        features=feature_network_files,
     output:
         "results/{experiment}/samples/{sampler}/{eta}/shard{shard}.npz",
     params:
@@ -14,7 +14,7 @@ rule sample_shard:
         options=sampler_options,
         seeds=shard_seeds,
         batch_size=lambda w: experiment(w)["sampling"]["batch_size"],
-        classifier=lambda w: f"results/{w.experiment}/fid/classifier",
+        features=feature_arguments,
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
@@ -23,5 +23,5 @@ rule sample_shard:
     shell:
         "expertmerge sample {params.experts} --eta {wildcards.eta} --sampler {wildcards.sampler}"
         " {params.options} --seeds {params.seeds} --batch-size {params.batch_size}"
-        " --features-kind digits-classifier --features {params.classifier} --threads {threads}"
+        " {params.features} --threads {threads}"
         " --out {output} > {log} 2>&1"

@@ -106,7 +106,7 @@ def test_measured_rows_appended_and_formatted():
     tail = table.iloc[-2:]
     assert tail["Section"].tolist() == [literature.MEASURED_SECTION] * 2
     assert tail.values.tolist() == [
-        [literature.MEASURED_SECTION, "Ours η=0.3", "2.63/2.65∨", "2.01", "169", "3.72", "-", "179"],
+        [literature.MEASURED_SECTION, "Ours η=0.3", "2.63/2.65∨", "2.01", "169", "3.72∗", "-", "179"],
         [literature.MEASURED_SECTION, "EDM", "-", "1.97", "35", "-", "-", "-"],
     ]
     only_vlb = measured().assign(nll=math.nan).iloc[:1]
@@ -186,3 +186,24 @@ def test_data_file_is_the_paper_text(number, sections):
     assert len(in_paper) == len(ours)
     for printed, stored in zip(in_paper, ours):
         assert printed == stored
+
+
+def test_measured_rows_are_the_baselines_and_the_best_merged_models():
+    labels = ["edm", "eta_min", "0.3", "0.5", "eta_max", "vdm"]
+    etas = [0.0, 0.04, 0.3, 0.5, 0.83, 1.0]
+    nll_by_eta = [3.21, 3.09, 2.63, 2.62, 2.63, 2.64]
+    fid_by_eta = [2.02, 2.04, 2.01, 2.82, 7.73, 9.37]
+    base = pd.DataFrame({"eta_label": labels, "eta": etas, "gamma_min": [-12.43, *[None] * 4, -13.3],
+                         "gamma_max": [8.764, *[None] * 4, 5.0]})
+    nll = pd.concat([base.assign(bpd=nll_by_eta, nfe=200), base.assign(bpd=nll_by_eta, nfe=220)])
+    vlb = pd.concat([base.assign(vlb=[v + 0.02 for v in nll_by_eta]), base.assign(vlb=[v + 0.04 for v in nll_by_eta])])
+    fid = pd.concat([base.assign(sampler="ode", fid=fid_by_eta, nfe_mean=150),
+                     base.assign(sampler="ancestral", fid=[1.0] * 6, nfe_mean=256)])
+    rows = literature.measured_from_records("cifar10", nll, vlb, fid)
+    assert rows["model"].tolist() == ["EDM (γ ∈ [-12.43, 8.764])", "VDM (γ ∈ [-13.3, 5])",
+                                      "Ours, best NLL (η = 0.50, CIFAR-10)", "Ours, best FID (η = 0.30, CIFAR-10)"]
+    best_nll = rows.iloc[2]
+    assert best_nll["nll"] == pytest.approx(2.62) and best_nll["nll_vlb"] == pytest.approx(2.65)
+    assert best_nll["fid"] == pytest.approx(2.82) and best_nll["nfe"] == 150  # ODE sampling, not ancestral
+    table = literature.literature_table(3, rows)
+    assert table.iloc[-1].tolist()[1:5] == ["Ours, best FID (η = 0.30, CIFAR-10)", "2.63/2.66∨", "2.01", "150"]

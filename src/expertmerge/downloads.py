@@ -21,6 +21,7 @@ from .files import atomic_path
 log = logging.getLogger(__name__)
 
 ALGORITHMS = {"md5": 32, "sha256": 64}  # algorithm -> hex digest length
+UNPINNED = "unpinned"  # a file whose checksum is not known yet: fetched, its SHA-256 logged for pinning
 CHUNK_BYTES = 1 << 20
 PROGRESS_SECONDS = 10.0  # log progress at most this often
 
@@ -78,8 +79,8 @@ def _local_source(source: str) -> Path | None:
 
 
 def _hand_placement(source, dest, checksum) -> str:
-    return (f"Download {source} yourself and place the file by hand at {Path(dest).resolve()} "
-            f"(it must have checksum {checksum}), then re-run.")
+    expected = "its checksum is not pinned" if checksum == UNPINNED else f"it must have checksum {checksum}"
+    return f"Download {source} yourself and place the file by hand at {Path(dest).resolve()} ({expected}), then re-run."
 
 
 def _copy_stream(response, file, total: int | None, source) -> int:
@@ -115,11 +116,17 @@ def fetch(source, checksum: str, dest, *, timeout: float = 60) -> Path:
     If `dest` already exists with the right checksum nothing is read. Otherwise the file is copied
     or downloaded to a temporary name beside `dest`, checked, then renamed; a checksum mismatch
     raises ChecksumError and leaves no `dest`. An unreadable URL raises DownloadError naming it and
-    the path where the file can be placed by hand.
+    the path where the file can be placed by hand. With checksum "unpinned" nothing is checked: the
+    file's SHA-256 is logged as a warning, to be pinned in config.yaml.
     """
-    parse_checksum(checksum)
+    unpinned = checksum == UNPINNED
+    if not unpinned:
+        parse_checksum(checksum)
     dest = Path(dest)
     if dest.exists():
+        if unpinned:
+            _warn_unpinned(dest)
+            return dest
         try:
             verify_file(dest, checksum)
             log.info("%s already present with checksum %s", dest, checksum)
@@ -137,5 +144,13 @@ def fetch(source, checksum: str, dest, *, timeout: float = 60) -> Path:
                 _download(str(source), temporary, timeout)
             except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
                 raise DownloadError(f"cannot download {source}: {error}. " + _hand_placement(source, dest, checksum)) from error
-        verify_file(temporary, checksum, name=f"{source} (fetched for {dest})")
+        if unpinned:
+            _warn_unpinned(temporary, dest)
+        else:
+            verify_file(temporary, checksum, name=f"{source} (fetched for {dest})")
     return dest
+
+
+def _warn_unpinned(path, name=None) -> None:
+    log.warning("%s is not pinned by a checksum in config.yaml; its checksum is sha256:%s. Pin it there after "
+                "checking the file is the published one.", name or path, file_checksum(path, "sha256"))

@@ -113,9 +113,9 @@ def measured_rows(measured: pd.DataFrame) -> pd.DataFrame:
     for model, group in df.groupby("model", sort=False):
         row = dict.fromkeys(TABLE_COLUMNS[2:], EMPTY)
         for record in group.to_dict("records"):
-            name = DATASETS[record["dataset"]]
-            row[f"{name} {METRICS['nll']}"] = _nll_text(record["nll"], record.get("nll_vlb", math.nan))
-            row[f"{name} {METRICS['fid']}"] = _number_text(record["fid"], 2)
+            name, mark = DATASETS[record["dataset"]], DATASET_MARKS.get(record["dataset"], "")
+            row[f"{name} {METRICS['nll']}"] = _nll_text(record["nll"], record.get("nll_vlb", math.nan), mark)
+            row[f"{name} {METRICS['fid']}"] = _number_text(record["fid"], 2, mark)
             row[f"{name} {METRICS['nfe']}"] = _number_text(record["nfe"], 0)
         rows.append({"Section": MEASURED_SECTION, "Model": model, **row})
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
@@ -146,6 +146,9 @@ def _checked_measured(measured) -> pd.DataFrame:
     return df
 
 
+DATASET_MARKS = {"imagenet32": "∗"}  # the pipeline uses the original (old) ImageNet32, as the paper does
+
+
 def _section_title(section: str, number: int) -> str:
     return TABLE3_SECTION_TITLES.get(section, section) if number == 3 else section
 
@@ -156,12 +159,36 @@ def _model_label(record: dict, number: int) -> str:
     return record["model"] if uncited else f"{record['model']} ({record['citation']})"
 
 
-def _number_text(value, decimals: int) -> str:
-    return EMPTY if pd.isna(value) else f"{value:.{decimals}f}"
+def _number_text(value, decimals: int, mark: str = "") -> str:
+    return EMPTY if pd.isna(value) else f"{value:.{decimals}f}{mark}"
 
 
-def _nll_text(nll, nll_vlb) -> str:
+def _nll_text(nll, nll_vlb, mark: str = "") -> str:
     """ "2.64/2.66∨" like the paper's own VDM row; either part alone when the other is not measured."""
-    parts = [_number_text(nll, 2)] if not pd.isna(nll) else []
-    parts += [_number_text(nll_vlb, 2) + "∨"] if not pd.isna(nll_vlb) else []
+    parts = [_number_text(nll, 2, mark)] if not pd.isna(nll) else []
+    parts += [_number_text(nll_vlb, 2, mark) + "∨"] if not pd.isna(nll_vlb) else []
     return "/".join(parts) or EMPTY
+
+
+def measured_from_records(dataset: str, nll, vlb, fid) -> pd.DataFrame:
+    """This pipeline's rows for one data set, chosen as the paper chose its own: both baselines, the
+    merged model with the best ODE NLL and the one with the best ODE FID. `nll`: per-image ODE NLL
+    records; `vlb`: per-run VLB records; `fid`: per-(sampler, eta) FID records (see expertmerge.tables)."""
+    from .tables import is_merged, nll_summary, row_label, vlb_summary
+
+    title = DATASETS.get(dataset, dataset)
+    nll, vlb = nll_summary(nll).set_index("eta_label"), vlb_summary(vlb).set_index("eta_label")
+    fid = fid[fid["sampler"] == "ode"].set_index("eta_label")
+    merged = [label for label in nll.index if is_merged(label) and label in fid.index]
+    picks = {label: row_label({**nll.loc[label].to_dict(), "eta_label": label}) for label in nll.index
+             if not is_merged(label)}
+    if merged:
+        best_nll, best_fid = nll.loc[merged, "bpd_mean"].idxmin(), fid.loc[merged, "fid"].idxmin()
+        for label, what in ((best_nll, "best NLL"), (best_fid, "best FID")):
+            eta = float(nll.loc[label, "eta"])
+            picks.setdefault(label, f"Ours, {what} (η = {eta:.2f}, {title})")
+    return pd.DataFrame([{"model": model, "dataset": dataset, "nll": nll.loc[label, "bpd_mean"],
+                          "nll_vlb": vlb.loc[label, "vlb_mean"] if label in vlb.index else math.nan,
+                          "fid": fid.loc[label, "fid"] if label in fid.index else math.nan,
+                          "nfe": fid.loc[label, "nfe_mean"] if label in fid.index else math.nan}
+                         for label, model in picks.items()])

@@ -114,6 +114,13 @@ def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
 
 
+def unpinned_downloads(config: dict) -> list[str]:
+    """Downloads that config.yaml does not pin by a checksum (each run warns about them)."""
+    from .downloads import UNPINNED
+
+    return [name for name, spec in config.get("downloads", {}).items() if spec["checksum"] == UNPINNED]
+
+
 def has_analysis(experiment: dict) -> bool:
     """Whether an experiment configures the measurements (etas, sampling, ...) or only its experts."""
     return all(key in experiment for key in ANALYSIS_SECTIONS)
@@ -130,6 +137,9 @@ def check_config(config: dict) -> None:
         with_analysis = [name for name, spec in config["experiments"].items() if has_analysis(spec)]
         raise ConfigError(f"demo: {config['demo']!r} must name an experiment with measurements configured "
                           f"(one of {with_analysis})")
+    for name in config.get("paper", {}):
+        if name not in config["experiments"] or not has_analysis(config["experiments"][name]):
+            raise ConfigError(f"paper: {name!r} must name an experiment with measurements configured")
     for name, experiment in config["experiments"].items():
         roles = sorted(spec["role"] for spec in experiment["experts"].values())
         if roles != ["likelihood", "quality"]:

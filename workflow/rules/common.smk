@@ -1,10 +1,13 @@
 # Plumbing for the workflow's stages: config lookups, eta labels, shards and target lists.
 import re
 
+from expertmerge.downloads import UNPINNED
 from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_source, expert_stem, gamma_range,
-                                  has_analysis, shard_ranges)
+                                  has_analysis, shard_ranges, unpinned_downloads)
 
 check_config(config)
+for unpinned in unpinned_downloads(config):
+    logger.warning(f"downloads: {unpinned} is not pinned by a checksum in config.yaml; its fetch log gives its SHA-256")
 
 SAMPLERS = ["ode", "ancestral"]
 DOWNLOAD_DIR = config["download_dir"]
@@ -71,7 +74,8 @@ def dataset_arguments(wildcards, input):
         return (f"--seed {data['seed']} --val-fraction {data['val_fraction']}"
                 f" --test-fraction {data['test_fraction']}")
     checksums = {role: config["downloads"][name]["checksum"] for role, name in data["files"].items()}
-    return " ".join(f"--file {role}={input[role]} --checksum {role}={checksums[role]}" for role in data["files"])
+    return " ".join(f"--file {role}={input[role]}" + (f" --checksum {role}={checksums[role]}" if checksums[role] != UNPINNED
+                    else "") for role in data["files"])
 
 
 def imported_file(wildcards):
@@ -93,7 +97,7 @@ def import_arguments(wildcards):
     arguments = [f"--input {spec['path']['path'] if 'path' in spec else download_path(source['download'])}",
                  f"--format {source['format']} --family {spec['family']} --gamma-min {low} --gamma-max {high}",
                  f"--image-shape {image_shape}"]
-    if checksum:
+    if checksum and checksum != UNPINNED:
         arguments.append(f"--checksum {checksum}")
     if "network" in source:
         arguments.append(f"--network {shell_json(source['network'])}")
@@ -145,7 +149,8 @@ def feature_arguments(wildcards):
     fid = experiment(wildcards)["fid"]
     if fid["features"] == "inception":
         checksum = config["downloads"][fid["weights"]]["checksum"]
-        return f"--features-kind inception --features {download_path(fid['weights'])} --features-checksum {checksum}"
+        pinned = f" --features-checksum {checksum}" if checksum != UNPINNED else ""
+        return f"--features-kind inception --features {download_path(fid['weights'])}{pinned}"
     return f"--features-kind digits-classifier --features results/{wildcards.experiment}/fid/classifier"
 
 
@@ -204,3 +209,42 @@ def fourier_argument(train):
     if "fourier_exponents" not in train:
         return ""
     return " ".join(["--fourier-exponents", *map(str, train["fourier_exponents"])])
+
+
+PAPER_TABLE_RESULTS = {
+    "1": "results/{experiment}/nll/{eta}/shard{shard}.csv",
+    "2": "results/{experiment}/fid/{sampler}/{eta}.json",
+    "4": "results/{experiment}/vlb/{eta}/run{run}.json",
+}
+
+
+def result_files(kind, name):
+    """One experiment's result files of a kind: "1" (NLL shards), "2" (FID per sampler) or "4" (VLB runs)."""
+    spec = config["experiments"][name]
+    return expand(PAPER_TABLE_RESULTS[kind], experiment=name, eta=eta_labels(spec), shard=nll_shards(name),
+                  sampler=SAMPLERS, run=range(1, spec["vlb"]["runs"] + 1))
+
+
+def paper_table_files(wildcards):
+    return [path for name in config["paper"] for path in result_files(wildcards.number, name)]
+
+
+def paper_table_arguments(wildcards):
+    return " ".join(f"--dataset {shell_quote(title)} " + " ".join(result_files(wildcards.number, name))
+                    for name, title in config["paper"].items())
+
+
+def literature_table_files(wildcards):
+    return {f"{kind}_{name}": result_files(number, name) for name in config["paper"]
+            for kind, number in (("nll", "1"), ("vlb", "4"), ("fid", "2"))}
+
+
+def literature_table_arguments(wildcards):
+    return " ".join(f"--{kind} {name} " + " ".join(result_files(number, name)) for name in config["paper"]
+                    for kind, number in (("nll", "1"), ("vlb", "4"), ("fid", "2")))
+
+
+def shell_quote(text):
+    import shlex
+
+    return shlex.quote(str(text))

@@ -219,8 +219,8 @@ def _test_shard(args):
     from .datasets import load_splits
     from .pipeline import shard_ranges
 
-    images = load_splits(args.data)[args.split]
-    size = -(-len(images) // args.shards)  # equal shards of the split, the last one shorter
+    images = load_splits(args.data)[args.split][:args.images]  # the first --images of the split (default all)
+    size = -(-len(images) // args.shards)  # equal shards, the last one shorter
     start, stop = shard_ranges(len(images), size)[args.shard]
     return images[start:stop], range(start, stop)
 
@@ -458,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.choices["nll"]
     sub.add_argument("--shard", type=int, default=0)
     sub.add_argument("--shards", type=int, default=1)
+    sub.add_argument("--images", type=int, default=None, help="use the first this many images of the split")
     sub.add_argument("--rtol", type=positive_float, default=1e-5)
     sub.add_argument("--atol", type=positive_float, default=1e-5)
     sub.add_argument("--dequantization", choices=["tn", "uniform"], default="tn")

@@ -11,6 +11,7 @@ rule nll_shard:
     params:
         experts=experts_argument,
         nll=lambda w: experiment(w)["nll"],
+        images=lambda w: f"--images {experiment(w)['nll']['images']}" if "images" in experiment(w)["nll"] else "",
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
@@ -18,7 +19,7 @@ rule nll_shard:
         "results/{experiment}/logs/nll/{eta}/shard{shard}.log",
     shell:
         "expertmerge nll {params.experts} --eta {wildcards.eta} --data {input.splits} --split test"
-        " --shard {wildcards.shard} --shards {params.nll[shards]} --rtol {params.nll[rtol]}"
+        " --shard {wildcards.shard} --shards {params.nll[shards]} {params.images} --rtol {params.nll[rtol]}"
         " --atol {params.nll[atol]} --dequantization {params.nll[dequantization]}"
         " --batch-size {params.nll[batch_size]} --threads {threads} --out {output} > {log} 2>&1"
 

@@ -1,0 +1,78 @@
+"""An ESTIMATE of the GPU-hours the `paper` target spends per switch level eta, per data set.
+
+Usage: python benchmarks/estimate_gpu_hours.py [--tflops 50]
+
+Measured here: the FLOPs of one forward pass of each paper-scale network (torch's FlopCounterMode on
+the CPU, batch 1). Taken from the paper: the NFE of each eta (Tables 1 and 2; ancestral sampling uses
+256 steps). Assumed: `--tflops`, the sustained throughput of one GPU on these U-Nets (default 50
+TFLOP/s, roughly an A100 in TF32; measure yours and pass it). Work per eta:
+  ODE sampling       num_samples x NFE_ode forwards
+  ancestral sampling num_samples x 256 forwards
+  ODE NLL            NLL images x NFE_nll x 3 (one forward and one vector-Jacobian product per step)
+  VLB                runs x test images x 1 forward
+(Not counted: training, and the Inception features, ~11 GFLOPs per image, about 0.3 GPU-h per eta.)
+A merged eta is charged at the larger of its two experts' forward costs (an upper bound).
+"""
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench_networks import NETWORKS  # benchmarks/bench_networks.py
+
+ETAS = ["EDM", "ηmin", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "ηmax", "VDM"]
+PAPER_NFE = {  # the paper's Table 1 (NLL) and Table 2 (ODE sampling) NFE per eta
+    "CIFAR-10": {"nll": [204, 232, 234, 236, 253, 259, 254, 251, 257, 273, 274, 248],
+                 "ode": [125, 145, 147, 159, 169, 173, 193, 221, 239, 226, 238, 206]},
+    "ImageNet32": {"nll": [195, 185, 192, 186, 180, 180, 196, 210, 220, 232, 236, 205],
+                   "ode": [120, 140, 144, 150, 166, 169, 180, 204, 207, 189, 189, 158]},
+}
+EXPERTS = {"CIFAR-10": ("ddpmpp-cifar10", "vdm-cifar10"), "ImageNet32": ("ddpmpp-cifar10", "vdm-imagenet32")}
+# config.yaml's paper experiments: samples per (sampler, eta), NLL test images, VLB runs over the whole test split
+WORK = {"CIFAR-10": dict(samples=50_000, nll_images=10_000, vlb_images=10_000, runs=10),
+        "ImageNet32": dict(samples=50_000, nll_images=10_000, vlb_images=49_999, runs=10)}
+ANCESTRAL_STEPS = 256
+
+
+def forward_flops(name: str) -> float:
+    """FLOPs of one forward pass at batch 1, counted by torch."""
+    torch.manual_seed(0)
+    net, forward = NETWORKS[name](1)
+    net.eval().requires_grad_(False)
+    with FlopCounterMode(display=False) as counter:
+        forward()
+    return float(counter.get_total_flops())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tflops", type=float, default=50.0, help="assumed sustained TFLOP/s of one GPU")
+    args = parser.parse_args()
+    flops = {name: forward_flops(name) for name in {n for pair in EXPERTS.values() for n in pair}}
+    for name, value in sorted(flops.items()):
+        print(f"{name}: {value / 1e9:.2f} GFLOPs per image and forward pass (measured)")
+    seconds_per_flop = 1 / (args.tflops * 1e12)
+    print(f"\nESTIMATE at an assumed {args.tflops:g} TFLOP/s per GPU (GPU-hours per eta):")
+    for dataset, nfe in PAPER_NFE.items():
+        edm, vdm = (flops[name] for name in EXPERTS[dataset])
+        work = WORK[dataset]
+        print(f"\n{dataset}\n{'eta':>6} {'ODE':>7} {'ancestral':>9} {'NLL':>7} {'VLB':>6} {'total':>7}")
+        totals = 0.0
+        for i, eta in enumerate(ETAS):
+            cost = edm if eta == "EDM" else vdm if eta == "VDM" else max(edm, vdm)
+            hours = {
+                "ode": work["samples"] * nfe["ode"][i] * cost,
+                "ancestral": work["samples"] * ANCESTRAL_STEPS * cost,
+                "nll": work["nll_images"] * nfe["nll"][i] * 3 * cost,
+                "vlb": work["runs"] * work["vlb_images"] * cost,
+            }
+            hours = {key: value * seconds_per_flop / 3600 for key, value in hours.items()}
+            total = sum(hours.values())
+            totals += total
+            print(f"{eta:>6} {hours['ode']:7.2f} {hours['ancestral']:9.2f} {hours['nll']:7.2f} {hours['vlb']:6.2f} "
+                  f"{total:7.2f}")
+        print(f"{'all':>6} {'':7} {'':9} {'':7} {'':6} {totals:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,7 @@ import torch
 from conftest import persistence_module
 from test_image_datasets import write_cifar_tarball
 from test_imports import SMALL_DDPMPP, nvlabs_pickle, randomized
-from test_pipeline import BASE, planned_jobs, snakemake, write_config
+from test_pipeline import BASE, REPO, planned_jobs, snakemake, write_config
 
 from expertmerge.datasets import load_splits, save_splits
 from expertmerge.experts.checkpoint import load_expert
@@ -179,3 +179,72 @@ def test_bad_paper_config_is_refused_when_planning(tmp_path, change, message):
     result = snakemake(tmp_path, "-n", "experts", check=False)
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr), (result.stdout + result.stderr)[-3000:]
+
+
+PAPER_JOBS = {
+    "fetch": 5,                 # CIFAR-10, two ImageNet32 tars, the EDM pickle, the Inception weights
+    "dataset": 2, "import_expert": 1, "train_recipe": 3, "reference_statistics": 2,
+    "sample_shard": 480,        # 2 data sets x 2 samplers x 12 etas x 10 shards of 5000
+    "nll_shard": 240,           # 2 x 12 etas x 10 shards of 1000 test images
+    "vlb_run": 240,             # 2 x 12 etas x 10 runs
+    "fid": 48, "table1": 2, "table2": 2, "table4": 2,
+    "figure_tradeoff": 2, "figure_fixed_noise": 2, "figure_samples": 4,
+    "paper_table": 3, "literature_table": 2, "paper": 1,
+}
+GPU_RULES = {"reference_statistics", "train_recipe", "sample_shard", "nll_shard", "vlb_run"}
+
+
+def dry_run_jobs(workdir, *args, cwd=None):
+    """[(rule, outputs, resources, shell command)] of a dry-run, parsed from Snakemake's job listing."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "-n", "-p", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd or workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            field = lambda name: (re.search(rf"^\s+{name}: (.*)$", block, flags=re.M) or [None, ""])[1]
+            shell = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+            jobs.append((rule[1], field("output"), field("resources"), shell[1] if shell else ""))
+    return jobs
+
+
+def test_paper_target_plans_every_table_and_figure(tmp_path):
+    write_config(tmp_path, BASE)
+    assert planned_jobs(tmp_path, "paper") == PAPER_JOBS
+
+
+def test_slurm_profile_plans_the_same_jobs_and_gives_gpus_to_gpu_rules_only(tmp_path):
+    write_config(tmp_path, BASE)
+    jobs = dry_run_jobs(tmp_path, "--profile", "slurm", "paper", cwd=REPO)  # as the README runs it
+    counts = {}
+    for rule, _, resources, _ in jobs:
+        counts[rule] = counts.get(rule, 0) + 1
+        gpus = re.search(r"\bgpu=(\d+)", resources)
+        assert (rule in GPU_RULES) == bool(gpus), (rule, resources)
+        if rule == "train_recipe":
+            assert gpus[1] == "8" and "runtime=2880" in resources
+        if rule in GPU_RULES - {"train_recipe"}:
+            assert gpus[1] == "1" and "slurm_partition=<gpu-partition>" in resources
+    assert counts == PAPER_JOBS
+
+
+def test_changing_one_eta_replans_only_that_eta_and_the_aggregates(tmp_path):
+    write_config(tmp_path, BASE)
+    before = {output: (rule, shell) for rule, output, _, shell in dry_run_jobs(tmp_path, "paper")}
+    config = copy.deepcopy(BASE)
+    config["experiments"]["cifar10"]["etas"][4] = 0.35  # 0.3 -> 0.35
+    write_config(tmp_path, config)
+    after = {output: (rule, shell) for rule, output, _, shell in dry_run_jobs(tmp_path, "paper")}
+    new = [after[output][0] for output in after.keys() - before.keys()]
+    gone = [before[output][0] for output in before.keys() - after.keys()]
+    changed = sorted(after[output][0] for output in after.keys() & before.keys() if after[output] != before[output])
+    assert sorted(new) == sorted(gone) == sorted(["sample_shard"] * 20 + ["nll_shard"] * 10 + ["vlb_run"] * 10
+                                                 + ["fid"] * 2)
+    assert all("/0.35/" in output or "/0.35." in output for output in after.keys() - before.keys())
+    # jobs whose inputs are the new eta's results: CIFAR-10's tables and figures, the paper tables
+    assert changed == sorted(["figure_fixed_noise", "figure_samples", "figure_samples", "figure_tradeoff",
+                              "literature_table", "literature_table", "paper_table", "paper_table", "paper_table",
+                              "table1", "table2", "table4"])

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,20 @@ def test_bad_inputs_are_named(digits):
         F.train_classifier(x_train, y_train[:-1], steps=1)
     with pytest.raises(ValueError, match="allowed: digits-classifier"):
         F.feature_extractor("inception")
+
+
+@pytest.mark.parametrize("samples", [500, 40])  # full-rank covariances, and rank-deficient ones (N < F)
+def test_frechet_distance_equals_clean_fids(samples):
+    from cleanfid.fid import frechet_distance
+
+    rng = np.random.default_rng(samples)
+    mixing = rng.standard_normal((64, 64))
+    a = F.statistics(rng.standard_normal((samples, 64)) @ mixing)
+    b = F.statistics(rng.standard_normal((samples, 64)) @ mixing + 0.3)
+    with warnings.catch_warnings():  # clean-fid passes sqrtm's `disp`, deprecated in SciPy 1.17
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = float(frechet_distance(*a, *b))
+    assert F.fid(a, b) == pytest.approx(expected, rel=1e-6)
+    reference = F.FrechetReference(*b)
+    assert reference.distance(a) == pytest.approx(expected, rel=1e-6)
+    assert abs(reference.distance(b)) < 1e-8 * np.trace(b[1])  # zero up to rounding

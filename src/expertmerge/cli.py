@@ -199,16 +199,16 @@ def cmd_sample(args):
 def cmd_fid(args):
     import numpy as np
 
-    from .fid import fid, load_statistics, seed_spread, split_seed_groups, statistics
+    from .fid import FrechetReference, load_statistics, seed_spread, split_seed_groups, statistics
     from .shards import load_shard, write_json
 
     shards = [load_shard(path, "features", "nfe") for path in args.shards]
     feats = np.concatenate([shard["features"] for shard in shards])
     nfe = np.concatenate([shard["nfe"] for shard in shards])
-    reference = load_statistics(args.reference)
+    reference = FrechetReference(*load_statistics(args.reference))
     spread = seed_spread(reference, split_seed_groups(feats, args.seed_groups))
     record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol", "steps")}
-    result = {**record, "fid": fid(statistics(feats), reference), "fid_spread": spread["std"],
+    result = {**record, "fid": reference.distance(statistics(feats)), "fid_spread": spread["std"],
               "seed_groups": args.seed_groups, "nfe_mean": float(nfe.mean()), "num_samples": len(feats)}
     write_json(args.out, [result])
     log.info("FID %.3f (spread %.3f over %d seed groups) from %d samples", result["fid"], result["fid_spread"],

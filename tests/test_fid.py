@@ -146,4 +146,4 @@ def test_frechet_distance_equals_clean_fids(samples):
     assert F.fid(a, b) == pytest.approx(expected, rel=1e-6)
     reference = F.FrechetReference(*b)
     assert reference.distance(a) == pytest.approx(expected, rel=1e-6)
-    assert abs(reference.distance(b)) < 1e-8 * np.trace(b[1])  # zero up to rounding
+    assert abs(reference.distance(b)) < 1e-7 * np.trace(b[1])  # zero up to rounding (sqrt of ~0 eigenvalues)

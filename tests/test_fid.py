@@ -147,3 +147,14 @@ def test_frechet_distance_equals_clean_fids(samples):
     reference = F.FrechetReference(*b)
     assert reference.distance(a) == pytest.approx(expected, rel=1e-6)
     assert abs(reference.distance(b)) < 1e-7 * np.trace(b[1])  # zero up to rounding (sqrt of ~0 eigenvalues)
+
+
+def test_fid_with_spread_equals_separate_computations():
+    rng = np.random.default_rng(0)
+    feats = (rng.standard_normal((1003, 16)) @ rng.standard_normal((16, 16)) + 5).astype(np.float32)  # 3 left over
+    reference = F.statistics(rng.standard_normal((500, 16)) * 2)
+    result = F.fid_with_spread(reference, feats, 4)
+    assert result["fid"] == pytest.approx(F.fid(F.statistics(feats), reference), rel=1e-9)
+    spread = F.seed_spread(reference, F.split_seed_groups(feats, 4))
+    np.testing.assert_allclose(result["fids"], spread["fids"], rtol=1e-9)
+    assert result["std"] == pytest.approx(spread["std"], rel=1e-9) and result["group_size"] == 250

@@ -191,7 +191,7 @@ def cmd_sample(args):
         progress(start + len(record.nfe), nfe=int(record.nfe[0]))
     images, nfe = np.concatenate(images), np.concatenate(nfe)
     feats = load_feature_network(args.features_kind, args.features, device, args.features_checksum)(images)
-    save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats,
+    save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats.astype(np.float32),
                       record={**choice.record(), "sampler": args.sampler, **options})
     log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
 
@@ -199,16 +199,15 @@ def cmd_sample(args):
 def cmd_fid(args):
     import numpy as np
 
-    from .fid import FrechetReference, load_statistics, seed_spread, split_seed_groups, statistics
+    from .fid import fid_with_spread, load_statistics
     from .shards import load_shard, write_json
 
     shards = [load_shard(path, "features", "nfe") for path in args.shards]
     feats = np.concatenate([shard["features"] for shard in shards])
     nfe = np.concatenate([shard["nfe"] for shard in shards])
-    reference = FrechetReference(*load_statistics(args.reference))
-    spread = seed_spread(reference, split_seed_groups(feats, args.seed_groups))
+    scores = fid_with_spread(load_statistics(args.reference), feats, args.seed_groups)
     record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol", "steps")}
-    result = {**record, "fid": reference.distance(statistics(feats)), "fid_spread": spread["std"],
+    result = {**record, "fid": scores["fid"], "fid_spread": scores["std"],
               "seed_groups": args.seed_groups, "nfe_mean": float(nfe.mean()), "num_samples": len(feats)}
     write_json(args.out, [result])
     log.info("FID %.3f (spread %.3f over %d seed groups) from %d samples", result["fid"], result["fid_spread"],

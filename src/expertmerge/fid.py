@@ -276,6 +276,29 @@ def seed_spread(reference, feature_groups) -> dict:
     return dict(fids=fids.tolist(), mean=float(fids.mean()), std=float(fids.std(ddof=1)), group_size=sizes.pop())
 
 
+def fid_with_spread(reference, feats: np.ndarray, num_groups: int) -> dict:
+    """FID of all `feats` (seeds 0..N-1, in seed order) and the spread over `num_groups` disjoint seed
+    groups, as seed_spread, from one pass over the features: the covariance of all of them is
+    combined from the groups' sums of products instead of being computed a second time."""
+    reference = reference if isinstance(reference, FrechetReference) else FrechetReference(*reference)
+    groups = split_seed_groups(feats, num_groups)
+    rest = feats[sum(len(g) for g in groups):]
+    shift = np.asarray(feats[:min(len(feats), 1000)], np.float64).mean(axis=0)  # centre for accuracy
+    moments = []
+    for part in [*groups, *([rest] if len(rest) else [])]:
+        centred = np.asarray(part, np.float64) - shift
+        moments.append((centred.sum(axis=0), centred.T @ centred, len(part)))
+
+    def stats(total, products, count):
+        mean = total / count
+        return shift + mean, (products - count * np.outer(mean, mean)) / (count - 1)
+
+    fids = np.array([reference.distance(stats(*m)) for m in moments[:num_groups]])
+    full = stats(*(sum(m[i] for m in moments) for i in range(3)))
+    return dict(fid=reference.distance(full), fids=fids.tolist(), mean=float(fids.mean()),
+                std=float(fids.std(ddof=1)), group_size=len(groups[0]))
+
+
 def split_seed_groups(feats: np.ndarray, num_groups: int) -> list[np.ndarray]:
     """Split features of seeds 0..N-1 (in seed order) into `num_groups` disjoint contiguous seed ranges."""
     if num_groups < 2 or len(feats) < 2 * num_groups:

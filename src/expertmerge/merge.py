@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from .experts.base import Expert, broadcast_level, check_expert
+from .ranges import feasible_etas
 
 
 def merged_range(experts: Sequence) -> tuple[float, float]:
@@ -28,24 +29,6 @@ def eta_range(quality, likelihood) -> tuple[float, float]:
     """
     experts = [check_expert(likelihood, "likelihood expert"), check_expert(quality, "quality expert")]
     return feasible_etas([(e.gamma_min, e.gamma_max) for e in experts])[0]
-
-
-def feasible_etas(gamma_ranges: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """For experts with these gamma ranges (low to high noise), the feasible (eta_lo, eta_hi) of each switch."""
-    ranges = [(float(lo), float(hi)) for lo, hi in gamma_ranges]
-    gamma_0, gamma_1 = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
-    describe = ", ".join(f"[{lo:.4g}, {hi:.4g}]" for lo, hi in ranges)
-    if ranges[0][0] > gamma_0 or ranges[-1][1] < gamma_1:
-        raise ValueError(f"cannot merge experts with gamma ranges {describe} (low to high noise): the "
-                         "lowest-noise expert must reach the lowest gamma and the highest-noise expert the highest")
-    feasible = []
-    for low, high in zip(ranges[:-1], ranges[1:]):
-        lo, hi = max(high[0], gamma_0), min(low[1], gamma_1)
-        if lo > hi:
-            raise ValueError(f"experts with gamma ranges [{low[0]:.4g}, {low[1]:.4g}] and [{high[0]:.4g}, "
-                             f"{high[1]:.4g}] do not overlap: no switch level is feasible")
-        feasible.append(((lo - gamma_0) / (gamma_1 - gamma_0), (hi - gamma_0) / (gamma_1 - gamma_0)))
-    return feasible
 
 
 def _as_eta(eta) -> float:

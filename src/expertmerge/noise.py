@@ -14,12 +14,7 @@ import math
 
 import torch
 
-# EDM's sampling range sigma in [0.002, 80] (Karras et al. 2022, Table 1).
-EDM_SIGMA_MIN = 0.002
-EDM_SIGMA_MAX = 80.0
-# VDM's fixed linear schedule (Kingma et al. 2021), paper Sec. 4.1.
-VDM_GAMMA_MIN = -13.3
-VDM_GAMMA_MAX = 5.0
+from .ranges import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, gamma_of_noise_level  # noqa: F401
 
 
 def _as_f64(value) -> torch.Tensor:
@@ -37,7 +32,7 @@ def noise_level_to_gamma(noise_level):
     """gamma = 2 log s."""
     if isinstance(noise_level, torch.Tensor):
         return 2 * torch.log(noise_level)
-    return 2 * math.log(noise_level)
+    return gamma_of_noise_level(noise_level)
 
 
 def vp_alpha_sigma(gamma):

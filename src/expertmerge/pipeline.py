@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .merge import feasible_etas
-from .noise import noise_level_to_gamma
+from .ranges import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, feasible_etas, gamma_of_noise_level
 
 RANGE_LABELS = ("eta_min", "eta_max")
 
@@ -39,7 +38,7 @@ class EtaChoice:
 def gamma_range(noise_range: dict) -> tuple[float, float]:
     """A config noise range, {sigma_min, sigma_max} (EDM) or {gamma_min, gamma_max}, as gamma."""
     if "sigma_min" in noise_range:
-        return noise_level_to_gamma(noise_range["sigma_min"]), noise_level_to_gamma(noise_range["sigma_max"])
+        return gamma_of_noise_level(noise_range["sigma_min"]), gamma_of_noise_level(noise_range["sigma_max"])
     return float(noise_range["gamma_min"]), float(noise_range["gamma_max"])
 
 
@@ -96,14 +95,13 @@ def expert_stem(experiment_name: str, expert_name: str, spec: dict) -> str:
 
 def check_recipe(recipe: str, family: str, gamma_range) -> None:
     """A training recipe must exist, be of the expert's family and train on the expert's gamma range."""
-    from .experts.checkpoint import family_constants
-    from .trainer import get_recipe
+    from .recipes import get_recipe
 
     recipe_family = get_recipe(recipe).family
     if recipe_family != family:
         raise ConfigError(f"recipe {recipe!r} trains a {recipe_family!r} expert, but the expert's family is {family!r}")
-    constants = family_constants(family)
-    expected = (constants["gamma_min"], constants["gamma_max"])
+    expected = ((gamma_of_noise_level(EDM_SIGMA_MIN), gamma_of_noise_level(EDM_SIGMA_MAX)) if family == "edm"
+                else (VDM_GAMMA_MIN, VDM_GAMMA_MAX))  # the family's default range, which the trainer uses
     if any(abs(a - b) > 1e-9 for a, b in zip(gamma_range, expected)):
         raise ConfigError(f"recipe {recipe!r} trains on gamma [{expected[0]:.6g}, {expected[1]:.6g}] (the family's "
                           f"default range); the expert's noise_range gives [{gamma_range[0]:.6g}, {gamma_range[1]:.6g}]")

@@ -26,16 +26,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .experts import checkpoint
+from .recipes import RECIPES, Recipe, get_recipe  # noqa: F401  (recipes live in a torch-free module)
 from .experts.checkpoint import family_constants
 from .files import atomic_path
 from .images import from_uint8
@@ -46,49 +46,6 @@ from .training import EMA, edm_loss, make_optimizer, vdm_loss
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME, WEIGHTS_NAME, META_NAME = "training-state.pt", "ema.safetensors", "ema.json"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    family: str                    # "edm" or "vdm": loss, preconditioning, network builder
-    preset: str                    # key of DDPMPP_PRESETS / VDM_PRESETS
-    batch_size: int                # global batch, summed over GPUs
-    total_images: int              # training length; steps = ceil(total_images / batch_size)
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float            # decoupled, on weight matrices/kernels only
-    lr_rampup_images: int          # linear ramp of the lr from 0, in images seen before the step
-    ema_decay: float | None        # constant EMA decay (VDM), or None
-    ema_halflife_images: int | None  # EMA half-life in images (EDM), or None
-    ema_rampup: float | None       # half-life at most this ratio of the images so far (EDM), or None
-    network: dict = field(default_factory=dict)  # overrides of the preset's network hyper-parameters
-    sigma_data: float = 0.5        # EDM preconditioning
-
-    def steps(self, batch_size: int | None = None) -> int:
-        return math.ceil(self.total_images / (batch_size or self.batch_size))
-
-
-_VDM = dict(family="vdm", lr=2e-4, betas=(0.9, 0.99), weight_decay=0.01, ema_decay=0.9999,
-            ema_halflife_images=None, ema_rampup=None)
-RECIPES = {
-    "vdm-cifar10": Recipe(preset="cifar10", batch_size=128, total_images=128 * 10_000_000,
-                          lr_rampup_images=128 * 100, **_VDM),
-    "vdm-imagenet32": Recipe(preset="imagenet32", batch_size=512, total_images=512 * 2_000_000,
-                             lr_rampup_images=512 * 100, **_VDM),
-    # NVlabs' ddpmpp defaults: channel_mult [2, 2, 2], dropout 0.13; no augment pipe (see above).
-    "edm-imagenet32": Recipe(family="edm", preset="cifar10", batch_size=1024, total_images=1_000_000_000,
-                             lr=10e-4, betas=(0.9, 0.999), weight_decay=0.0, lr_rampup_images=10_000_000,
-                             ema_decay=None, ema_halflife_images=500_000, ema_rampup=0.05,
-                             network=dict(augment_dim=0, dropout=0.13)),
-}
-
-
-def get_recipe(recipe) -> Recipe:
-    if isinstance(recipe, Recipe):
-        return recipe
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown training recipe {recipe!r}; known recipes: {', '.join(sorted(RECIPES))}")
-    return RECIPES[recipe]
 
 
 def network_kwargs(recipe: Recipe, img_channels: int = 3) -> dict:

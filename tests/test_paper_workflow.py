@@ -172,7 +172,10 @@ def with_change(change):
     (lambda c: c["downloads"]["edm-cifar10-32x32-uncond-vp.pkl"].update(checksum="sha1:abc"), "does not match"),
     (lambda c: c["experiments"]["cifar10"]["data"]["files"].update(archive="cifar.tgz"),
      "names the download 'cifar.tgz', which is not under downloads"),
-    (lambda c: c.update(demo="cifar10"), "must name an experiment with measurements"),
+    (lambda c: c.update(demo="cifar100"), "must name an experiment with measurements"),
+    (lambda c: c["experiments"]["imagenet32"].pop("vlb"), r"configures \[.*\] but not \['vlb'\]; give all or none"),
+    (lambda c: c["experiments"]["cifar10"]["fid"].update(weights="inception.pt"),
+     "fid.weights names the download 'inception.pt', which is not under downloads"),
 ])
 def test_bad_paper_config_is_refused_when_planning(tmp_path, change, message):
     write_config(tmp_path, with_change(change))

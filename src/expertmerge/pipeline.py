@@ -135,9 +135,6 @@ def check_config(config: dict) -> None:
         with_analysis = [name for name, spec in config["experiments"].items() if has_analysis(spec)]
         raise ConfigError(f"demo: {config['demo']!r} must name an experiment with measurements configured "
                           f"(one of {with_analysis})")
-    for name in config.get("paper", {}):
-        if name not in config["experiments"] or not has_analysis(config["experiments"][name]):
-            raise ConfigError(f"paper: {name!r} must name an experiment with measurements configured")
     for name, experiment in config["experiments"].items():
         roles = sorted(spec["role"] for spec in experiment["experts"].values())
         if roles != ["likelihood", "quality"]:
@@ -173,6 +170,9 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"experiment {name!r}: {error}") from None
         if len(set(labels)) != len(labels):
             raise ConfigError(f"experiment {name!r}: etas has duplicates: {labels}")
+    for name in config.get("paper", {}):
+        if name not in config["experiments"] or not has_analysis(config["experiments"][name]):
+            raise ConfigError(f"paper: {name!r} must name an experiment with measurements configured")
 
 
 def build_expert(quality_stem, likelihood_stem, label, device="cpu"):

@@ -105,3 +105,10 @@ def test_every_figure_is_drawn_and_nothing_is_left_to_do(paper_run):
         for figure in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral"):
             assert (paper_run / "results" / name / "figures" / f"{figure}.png").stat().st_size > 0
     assert planned_jobs(paper_run, "paper") == {}
+
+
+def test_report_shows_every_table_and_figure(paper_run):
+    snakemake(paper_run, "--report", "report.html", "paper")
+    report = (paper_run / "report.html").read_text(errors="replace")
+    for name in ("tradeoff.png", "fixed_noise.png", "samples_ode.png", "samples_ancestral.png", "table3.csv"):
+        assert name in report, name

@@ -234,6 +234,13 @@ def test_slurm_profile_plans_the_same_jobs_and_gives_gpus_to_gpu_rules_only(tmp_
     assert counts == PAPER_JOBS
 
 
+def test_local_gpu_profile_plans_the_same_jobs(tmp_path):
+    write_config(tmp_path, BASE)
+    jobs = dry_run_jobs(tmp_path, "--profile", "local-gpu", "paper", cwd=REPO)
+    assert len(jobs) == sum(PAPER_JOBS.values())
+    assert all(("gpu=" in resources) == (rule in GPU_RULES) for rule, _, resources, _ in jobs)
+
+
 def test_changing_one_eta_replans_only_that_eta_and_the_aggregates(tmp_path):
     write_config(tmp_path, BASE)
     before = {output: (rule, shell) for rule, output, _, shell in dry_run_jobs(tmp_path, "paper")}

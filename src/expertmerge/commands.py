@@ -1,0 +1,288 @@
+"""The `expertmerge` commands: each reads its inputs, calls the library, and writes its outputs
+atomically. Imports are made inside the commands so that a job loads only what it needs; argument
+parsing is in `expertmerge.cli`.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("expertmerge")
+
+
+class Progress:
+    """Log lines with items done, rate and ETA (the job logs are files, so no carriage returns)."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.start = total, what, time.perf_counter()
+
+    def __call__(self, done: int, **extra):
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.total - done) if done else float("nan")
+        more = "".join(f", {key} {value}" for key, value in extra.items())
+        log.info("%s %d/%d (%.1f%%)%s, elapsed %.0f s, ETA %.0f s", self.what, done, self.total,
+                 100 * done / self.total, more, elapsed, eta)
+
+
+def cmd_dataset(args):
+    from pathlib import Path
+
+    from .datasets import load_digits_splits, save_splits
+    from .downloads import verify_file
+    from .image_datasets import read_image_dataset
+
+    files, checksums = dict(args.file), dict(args.checksum)
+    if args.source == "sklearn-digits":
+        splits = load_digits_splits(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+        meta = {"seed": args.seed, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+    else:
+        for role, path in files.items():  # hand-placed files are checked here too
+            if role in checksums:
+                verify_file(path, checksums[role])
+            else:
+                log.warning("%s (%s) is read without a checksum: it is not pinned in config.yaml", path, role)
+        splits = read_image_dataset(args.source, files)
+        meta = {"files": {role: Path(path).name for role, path in files.items()}, "checksums": checksums}
+    save_splits(args.out, splits, {"source": args.source, **meta})
+    log.info("wrote %s: %s", args.out, {name: len(images) for name, images in splits.items()})
+
+
+def cmd_fetch(args):
+    from .downloads import fetch
+
+    fetch(args.source, args.checksum, args.out, timeout=args.timeout)
+
+
+def cmd_import_expert(args):
+    from .experts.imports import import_expert
+
+    meta = import_expert(args.input, args.format, args.out, family=args.family, gamma_min=args.gamma_min,
+                         gamma_max=args.gamma_max, image_shape=args.image_shape, checksum=args.checksum,
+                         network=args.network)
+    log.info("imported %s (%s) as a %s expert on gamma [%.4f, %.4f] -> %s", args.input, args.format, meta["network"],
+             meta["gamma_min"], meta["gamma_max"], args.out)
+
+
+def cmd_train_recipe(args):
+    import dataclasses
+    import os
+
+    from .datasets import load_splits
+    from .pipeline import check_recipe
+    from .trainer import get_recipe, train
+
+    recipe = get_recipe(args.recipe)
+    check_recipe(args.recipe, args.family, (args.gamma_min, args.gamma_max))
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:  # one process per GPU, this command in each
+        argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}", "-m", "expertmerge",
+                *args.argv]
+        log.info("launching %d processes: %s %s", args.gpus, sys.executable, " ".join(argv))
+        os.execv(sys.executable, [sys.executable, *argv])
+    if args.network:
+        recipe = dataclasses.replace(recipe, network={**recipe.network, **args.network})
+    images = load_splits(args.data)[args.split]
+    train(recipe, images, args.workdir, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
+          checkpoint_every=args.checkpoint_every, log_every=args.log_every, expert_stem=args.out)
+
+
+def cmd_train_expert(args):
+    from .datasets import load_splits
+    from .training import train_expert
+
+    splits = load_splits(args.data)
+    net = {} if args.fourier_exponents is None else {"fourier_exponents": tuple(args.fourier_exponents)}
+    train_expert(args.family, splits["train"], splits["val"], steps=args.steps, batch_size=args.batch_size,
+                 lr=args.lr, ema_decay=args.ema_decay, seed=args.seed, eval_every=args.eval_every,
+                 gamma_min=args.gamma_min, gamma_max=args.gamma_max, out_stem=args.out, net=net)
+
+
+def cmd_train_classifier(args):
+    from .datasets import load_splits
+    from .fid import accuracy, save_classifier, train_classifier
+
+    splits = load_splits(args.data)
+    model = train_classifier(splits["train"], splits["train_labels"], splits["val"], splits["val_labels"],
+                             seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    test_accuracy = accuracy(model, splits["test"], splits["test_labels"])
+    save_classifier(args.out, model, {"test_accuracy": test_accuracy, "steps": args.steps, "seed": args.seed})
+    log.info("classifier test accuracy %.4f; wrote %s", test_accuracy, args.out)
+
+
+def cmd_reference_stats(args):
+    from .datasets import load_splits
+    from .devices import resolve_device
+    from .fid import load_feature_network, save_statistics, statistics
+
+    network = load_feature_network(args.features_kind, args.features, resolve_device(args.device),
+                                   args.features_checksum)
+    images = load_splits(args.data)[args.split]
+    mu, sigma = statistics(network(images))
+    save_statistics(args.out, mu, sigma, num_images=len(images))
+    log.info("reference statistics of %d %s images -> %s", len(images), args.split, args.out)
+
+
+def cmd_sample(args):
+    import numpy as np
+
+    from .devices import resolve_device
+    from .fid import load_feature_network
+    from .pipeline import build_expert
+    from .sampling import sample_ancestral, sample_heun, sample_ode
+    from .shards import save_sample_shard
+
+    device = resolve_device(args.device)
+    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device)
+    sampler, options = {
+        "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol}),
+        "ancestral": (sample_ancestral, {"steps": args.steps}),
+        "heun": (sample_heun, {"steps": args.steps}),
+    }[args.sampler]
+    seeds, images, nfe = list(args.seeds), [], []
+    progress = Progress(len(seeds), f"{args.sampler} samples at eta={args.eta}")
+    for start in range(0, len(seeds), args.batch_size):  # image i uses seed i: batching changes nothing
+        record = sampler(expert, seeds[start:start + args.batch_size], shape, batch_size=args.batch_size,
+                         device=device, **options)
+        images.append(record.images.cpu().numpy())
+        nfe.append(record.nfe.cpu().numpy())
+        progress(start + len(record.nfe), nfe=int(record.nfe[0]))
+    images, nfe = np.concatenate(images), np.concatenate(nfe)
+    feats = load_feature_network(args.features_kind, args.features, device, args.features_checksum)(images)
+    save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats.astype(np.float32),
+                      record={**choice.record(), "sampler": args.sampler, **options})
+    log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
+
+
+def cmd_fid(args):
+    import numpy as np
+
+    from .fid import fid_with_spread, load_statistics
+    from .shards import load_shard, write_json
+
+    shards = [load_shard(path, "features", "nfe") for path in args.shards]
+    feats = np.concatenate([shard["features"] for shard in shards])
+    nfe = np.concatenate([shard["nfe"] for shard in shards])
+    scores = fid_with_spread(load_statistics(args.reference), feats, args.seed_groups)
+    record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol", "steps")}
+    result = {**record, "fid": scores["fid"], "fid_spread": scores["std"],
+              "seed_groups": args.seed_groups, "nfe_mean": float(nfe.mean()), "num_samples": len(feats)}
+    write_json(args.out, [result])
+    log.info("FID %.3f (spread %.3f over %d seed groups) from %d samples", result["fid"], result["fid_spread"],
+             args.seed_groups, len(feats))
+
+
+def _test_shard(args):
+    from .datasets import load_splits
+    from .pipeline import shard_ranges
+
+    images = load_splits(args.data)[args.split][:args.images]  # the first --images of the split (default all)
+    size = -(-len(images) // args.shards)  # equal shards, the last one shorter
+    start, stop = shard_ranges(len(images), size)[args.shard]
+    return images[start:stop], range(start, stop)
+
+
+def cmd_nll(args):
+    import pandas as pd
+
+    from .devices import resolve_device
+    from .likelihood import ode_nll
+    from .pipeline import build_expert
+    from .shards import write_csv
+
+    device = resolve_device(args.device)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device)
+    images, indices = _test_shard(args)
+    progress = Progress(len(indices), f"ODE NLL at eta={args.eta}")
+    result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
+                     dequantization=args.dequantization, batch_size=args.batch_size, progress=progress, device=device)
+    frame = pd.DataFrame({"image": list(indices), "bpd": result.bpd.numpy(), "nfe": result.nfe.numpy()})
+    for key, value in choice.record().items():
+        frame[key] = value
+    write_csv(args.out, frame)
+    log.info("mean %.4f bpd (s.e. %.4f) over %d images", result.mean(), result.standard_error(), len(indices))
+
+
+def cmd_vlb(args):
+    from .datasets import load_splits
+    from .devices import resolve_device
+    from .likelihood import vlb
+    from .pipeline import build_expert
+    from .shards import write_json
+
+    device = resolve_device(args.device)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device)
+    images = load_splits(args.data)[args.split]
+    result = vlb(expert, images, seed=args.seed, batch_size=args.batch_size, device=device)
+    means = {name: float(getattr(result, name).mean()) for name in ("prior", "reconstruction", "diffusion")}
+    write_json(args.out, [{**choice.record(), "run": args.seed, "vlb": float(result.bpd.mean()), **means,
+                           "num_images": len(images)}])
+    log.info("VLB %.4f bpd (%s)", result.bpd.mean(), ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+
+def cmd_table(args):
+    from pathlib import Path
+
+    from . import tables
+
+    records = tables.load_records(*args.inputs)
+    if args.table == 1:
+        summary = tables.summarize(records, "bpd", by=tables.KEYS + ("gamma_min", "gamma_max"))
+        nfe = tables.summarize(records, "nfe", by=tables.KEYS)[["eta_label", "nfe_mean"]]
+        table = tables.table1(summary.merge(nfe, on="eta_label"))
+    else:
+        table = {2: tables.table2, 4: tables.table4}[args.table](records)
+    written = tables.write_table(table, Path(args.out).with_suffix(""))
+    log.info("wrote %s", ", ".join(map(str, written)))
+
+
+def cmd_paper_table(args):
+    from pathlib import Path
+
+    from . import tables
+
+    records = {name: tables.load_records(*files) for name, *files in args.dataset}
+    written = tables.write_table(tables.paper_table(args.table, records), Path(args.out).with_suffix(""))
+    log.info("wrote %s", ", ".join(map(str, written)))
+
+
+def cmd_literature_table(args):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from . import literature, tables
+
+    groups = {kind: {dataset: files for dataset, *files in getattr(args, kind)} for kind in ("nll", "vlb", "fid")}
+    if not (groups["nll"].keys() == groups["vlb"].keys() == groups["fid"].keys()):
+        raise ValueError(f"--nll, --vlb and --fid must name the same data sets; got {[sorted(g) for g in groups.values()]}")
+    measured = pd.concat([literature.measured_from_records(dataset, *(tables.load_records(*groups[kind][dataset])
+                                                                      for kind in ("nll", "vlb", "fid")))
+                          for dataset in groups["nll"]], ignore_index=True)
+    table = literature.literature_table(args.table, measured)
+    written = tables.write_table(table, Path(args.out).with_suffix(""), caption=literature.literature_caption(args.table))
+    log.info("wrote %s", ", ".join(map(str, written)))
+
+
+def cmd_figure_tradeoff(args):
+    from . import figures, tables
+
+    figures.tradeoff_figure(tables.load_records(*args.nll), tables.load_records(*args.vlb),
+                            tables.load_records(*args.fid), args.out)
+
+
+def cmd_figure_grid(args):
+    import numpy as np
+
+    from . import figures
+    from .shards import load_shard
+
+    shards = [load_shard(path, "images", "seeds") for path in args.shards]
+    columns = [shard["record"]["eta_label"] for shard in shards]
+    panels = [shard["images"][:args.count] for shard in shards]
+    seeds = shards[0]["seeds"][:args.count]
+    if any(not np.array_equal(shard["seeds"][:args.count], seeds) for shard in shards):
+        raise ValueError("the shards do not start from the same seeds; a grid across eta must share its noise")
+    if args.kind == "fixed-noise":
+        figures.fixed_noise_grid(panels, columns, args.out, row_labels=[f"seed {seed}" for seed in seeds])
+    else:
+        figures.sample_grids(panels, columns, args.out, title=args.title)

@@ -2,8 +2,8 @@
 import re
 
 from expertmerge.downloads import UNPINNED
-from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_source, expert_stem, gamma_range,
-                                  has_analysis, shard_ranges, unpinned_downloads)
+from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_stem, gamma_range, has_analysis,
+                                  shard_ranges, unpinned_downloads)
 
 check_config(config)
 for unpinned in unpinned_downloads(config):

@@ -240,6 +240,11 @@ class FrechetReference:
         eigenvalues, vectors = np.linalg.eigh((self.sigma + self.sigma.T) / 2)
         self.root = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T
 
+    @classmethod
+    def of(cls, reference) -> "FrechetReference":
+        """`reference` itself if already prepared, else prepared from its (mu, sigma)."""
+        return reference if isinstance(reference, cls) else cls(*reference)
+
     def distance(self, stats) -> float:
         """||mu_a - mu||^2 + Tr(S_a + S - 2 (S_a S)^(1/2)) for stats = (mu_a, S_a)."""
         mu_a, sigma_a = (np.asarray(v, np.float64) for v in stats)
@@ -271,16 +276,20 @@ def seed_spread(reference, feature_groups) -> dict:
     sizes = {len(g) for g in groups}
     if len(groups) < 2 or len(sizes) != 1:
         raise ValueError(f"need >= 2 feature groups of equal size, got sizes {[len(g) for g in groups]}")
-    reference = reference if isinstance(reference, FrechetReference) else FrechetReference(*reference)
-    fids = np.array([reference.distance(statistics(g)) for g in groups])
-    return dict(fids=fids.tolist(), mean=float(fids.mean()), std=float(fids.std(ddof=1)), group_size=sizes.pop())
+    reference = FrechetReference.of(reference)
+    return _spread([reference.distance(statistics(g)) for g in groups], sizes.pop())
+
+
+def _spread(fids, group_size: int) -> dict:
+    fids = np.asarray(fids)
+    return dict(fids=fids.tolist(), mean=float(fids.mean()), std=float(fids.std(ddof=1)), group_size=group_size)
 
 
 def fid_with_spread(reference, feats: np.ndarray, num_groups: int) -> dict:
     """FID of all `feats` (seeds 0..N-1, in seed order) and the spread over `num_groups` disjoint seed
     groups, as seed_spread, from one pass over the features: the covariance of all of them is
     combined from the groups' sums of products instead of being computed a second time."""
-    reference = reference if isinstance(reference, FrechetReference) else FrechetReference(*reference)
+    reference = FrechetReference.of(reference)
     groups = split_seed_groups(feats, num_groups)
     rest = feats[sum(len(g) for g in groups):]
     shift = np.asarray(feats[:min(len(feats), 1000)], np.float64).mean(axis=0)  # centre for accuracy
@@ -293,10 +302,9 @@ def fid_with_spread(reference, feats: np.ndarray, num_groups: int) -> dict:
         mean = total / count
         return shift + mean, (products - count * np.outer(mean, mean)) / (count - 1)
 
-    fids = np.array([reference.distance(stats(*m)) for m in moments[:num_groups]])
     full = stats(*(sum(m[i] for m in moments) for i in range(3)))
-    return dict(fid=reference.distance(full), fids=fids.tolist(), mean=float(fids.mean()),
-                std=float(fids.std(ddof=1)), group_size=len(groups[0]))
+    return dict(fid=reference.distance(full),
+                **_spread([reference.distance(stats(*m)) for m in moments[:num_groups]], len(groups[0])))
 
 
 def split_seed_groups(feats: np.ndarray, num_groups: int) -> list[np.ndarray]:

@@ -63,6 +63,12 @@ def download_path(name):
     return f"{DOWNLOAD_DIR}/{name}"
 
 
+def pinned_checksum(name):
+    """A download's checksum, or None when config.yaml leaves it unpinned (then nothing is checked)."""
+    checksum = config["downloads"][name]["checksum"]
+    return None if checksum == UNPINNED else checksum
+
+
 def data_files(wildcards):
     """{role: path} of the downloads a data set is read from (none for scikit-learn's digits)."""
     return {role: download_path(name) for role, name in experiment(wildcards)["data"].get("files", {}).items()}
@@ -73,9 +79,9 @@ def dataset_arguments(wildcards, input):
     if data["source"] == "sklearn-digits":
         return (f"--seed {data['seed']} --val-fraction {data['val_fraction']}"
                 f" --test-fraction {data['test_fraction']}")
-    checksums = {role: config["downloads"][name]["checksum"] for role, name in data["files"].items()}
-    return " ".join(f"--file {role}={input[role]}" + (f" --checksum {role}={checksums[role]}" if checksums[role] != UNPINNED
-                    else "") for role in data["files"])
+    checksums = {role: pinned_checksum(name) for role, name in data["files"].items()}
+    return " ".join(f"--file {role}={input[role]}" + (f" --checksum {role}={checksums[role]}" if checksums[role] else "")
+                    for role in data["files"])
 
 
 def imported_file(wildcards):
@@ -91,13 +97,13 @@ def imported_file(wildcards):
 def import_arguments(wildcards):
     spec = expert_spec(wildcards)
     source = spec.get("fetch") or spec["path"]
-    checksum = config["downloads"][source["download"]]["checksum"] if "fetch" in spec else source.get("checksum")
+    checksum = pinned_checksum(source["download"]) if "fetch" in spec else source.get("checksum")
     low, high = gamma_range(spec["noise_range"])
     image_shape = " ".join(map(str, IMAGE_SHAPES[experiment(wildcards)["data"]["source"]]))
     arguments = [f"--input {spec['path']['path'] if 'path' in spec else download_path(source['download'])}",
                  f"--format {source['format']} --family {spec['family']} --gamma-min {low} --gamma-max {high}",
                  f"--image-shape {image_shape}"]
-    if checksum and checksum != UNPINNED:
+    if checksum:
         arguments.append(f"--checksum {checksum}")
     if "network" in source:
         arguments.append(f"--network {shell_json(source['network'])}")
@@ -119,9 +125,8 @@ def recipe_arguments(wildcards):
 
 def shell_json(value):
     import json
-    import shlex
 
-    return shlex.quote(json.dumps(value, separators=(",", ":")))
+    return shell_quote(json.dumps(value, separators=(",", ":")))
 
 
 IMAGE_SHAPES = {"sklearn-digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
@@ -148,8 +153,8 @@ def feature_network_files(wildcards):
 def feature_arguments(wildcards):
     fid = experiment(wildcards)["fid"]
     if fid["features"] == "inception":
-        checksum = config["downloads"][fid["weights"]]["checksum"]
-        pinned = f" --features-checksum {checksum}" if checksum != UNPINNED else ""
+        checksum = pinned_checksum(fid["weights"])
+        pinned = f" --features-checksum {checksum}" if checksum else ""
         return f"--features-kind inception --features {download_path(fid['weights'])}{pinned}"
     return f"--features-kind digits-classifier --features results/{wildcards.experiment}/fid/classifier"
 

@@ -19,12 +19,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..downloads import verify_file
 from ..networks.ddpmpp import VPPrecond
 from ..networks.vdm_unet import VDMUNet, load_vdm_checkpoint_state
-from .checkpoint import build_network, checkpoint_paths, expert_constants, load_expert_meta, save_expert
+from .checkpoint import expert_constants, load_expert, save_expert
 from .edm_pickle import read_edm_snapshot
 
 FORMATS = ("edm-pickle", "vdm-checkpoint", "expertmerge")
@@ -106,10 +105,8 @@ def _vdm_checkpoint(path: Path, gamma_min: float, gamma_max: float, network: dic
 
 
 def _expertmerge(stem: Path):
-    meta = load_expert_meta(stem)
-    net = build_network(meta)
-    _load_exactly(net, load_file(str(checkpoint_paths(stem)[0])), stem)
-    return net, dict(network=meta.get("network", "SmallUNet"), net=meta["net"])
+    expert = load_expert(stem)  # checks the JSON and loads the weights strictly
+    return expert.net, dict(network=expert.meta.get("network", "SmallUNet"), net=expert.meta["net"])
 
 
 def _load_exactly(net: torch.nn.Module, state: dict, path) -> None:

@@ -19,7 +19,7 @@ wildcard_constraints:
     experiment="|".join(config["experiments"]),
     sampler="|".join(SAMPLERS),
     shard=r"\d+",
-    run=r"\d+",
+    runs=r"run\d+|runs\d+-\d+",  # a VLB job: one run, or runs first..last
     expert=r"[a-z][a-z0-9_-]*",
     eta=r"[a-z0-9_.-]+",
 
@@ -29,6 +29,7 @@ include: "workflow/rules/experts.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/fid.smk"
 include: "workflow/rules/likelihood.smk"
+include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/paper.smk"
 

@@ -2,11 +2,17 @@
 
 Usage: python benchmarks/bench_demo.py [--workdir DIR] [-- extra snakemake args]
 Runs in a fresh working directory (default: a temp dir with this repo's config.yaml), so it
-measures a cold run from nothing. Also times a dry-run and a no-op re-run afterwards.
+measures a cold run from nothing. Also prints the CPU time of all jobs, the share of it spent
+starting jobs (jobs x the median time of a process that only starts Python, imports torch and the
+package and loads both experts: what every job pays before its own work), and times a dry-run
+and a no-op re-run afterwards.
 """
 import argparse
 import os
+import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +54,20 @@ def run(command, cwd, env):
     return process.returncode, time.perf_counter() - start, peak, output
 
 
+def startup_seconds(workdir: Path, repeats: int = 5) -> float:
+    """Median wall time of a process that does what every job does before its work: start Python,
+    import torch and the package's commands, load the demo's two experts (one thread, as the jobs)."""
+    stems = sorted({str(path.with_suffix("")) for path in (workdir / "results").glob("*/experts/*/*.safetensors")})
+    code = ("import torch; torch.set_num_threads(1); import expertmerge.cli, expertmerge.likelihood, expertmerge.sampling;"
+            " from expertmerge.experts.checkpoint import load_expert; [load_expert(s) for s in %r]" % stems)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default=None)
@@ -63,8 +83,14 @@ def main():
     if code != 0:
         print(output[-5000:])
         sys.exit(f"demo failed with exit code {code}")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every finished descendant, jobs included
+    cpu = usage.ru_utime + usage.ru_stime
     print(f"demo: wall {wall:.0f} s, peak RSS of the process tree {peak / 2**30:.2f} GiB, "
           f"{os.cpu_count()} CPUs, in {workdir}")
+    jobs = int(re.findall(r"(\d+) of \d+ steps \(100%\) done", output)[-1])
+    startup = startup_seconds(workdir)
+    print(f"CPU time of all jobs {cpu:.0f} s; {jobs} jobs x {startup:.2f} s start-up each = {jobs * startup:.0f} s "
+          f"({100 * jobs * startup / cpu:.0f}% of the CPU time)")
     for name, extra in (("dry-run (-n)", ["-n"]), ("no-op re-run", ["--cores", "all"])):
         code, wall, _, output = run([*snakemake, *extra], workdir, env)
         print(f"{name}: {wall:.1f} s, exit {code}, {'nothing to do' if 'Nothing to be done' in output else 'had work'}")

@@ -1,4 +1,5 @@
 """The `expertmerge` command: clear errors, and a killed job leaves no finished-looking output."""
+import json
 import os
 import re
 import signal
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from expertmerge.datasets import load_digits_splits, save_splits
@@ -78,3 +80,37 @@ def test_a_killed_job_leaves_nothing_finished_and_the_rerun_completes(tiny, tmp_
     assert result.returncode == 0, result.stderr
     with np.load(out) as shard:
         assert shard["images"].shape == (8, 8, 8, 1) and shard["features"].shape[0] == 8
+
+
+def test_grouped_vlb_runs_equal_single_runs(tiny, tmp_path):
+    common = ["vlb", "--quality", tiny / "edm", "--likelihood", tiny / "vdm", "--eta", "0.5", "--data",
+              tiny / "splits.npz", "--threads", 1]
+    for runs, name in (([1, 2], "runs1-2"), ([1], "run1"), ([2], "run2")):
+        result = run(*common, "--runs", *runs, "--out", tmp_path / f"{name}.json")
+        assert result.returncode == 0, result.stderr
+    records = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("runs1-2", "run1", "run2")}
+    assert [record["run"] for record in records["runs1-2"]] == [1, 2]
+    assert records["runs1-2"] == records["run1"] + records["run2"]  # the same numbers, bit for bit
+    assert records["run1"][0]["vlb"] != records["run2"][0]["vlb"]
+
+
+def test_loss_profile_covers_each_expert_on_its_range_of_one_grid(tiny, tmp_path):
+    out = tmp_path / "profile.csv"
+    result = run("loss-profile", "--quality", tiny / "edm", "--likelihood", tiny / "vdm", "--data", tiny / "splits.npz",
+                 "--split", "val", "--points", 12, "--seed", 3, "--batch-size", 64, "--threads", 1, "--out", out)
+    assert result.returncode == 0, result.stderr
+    profile = pd.read_csv(out)
+    gamma_0, gamma_1 = -13.3, edm_gamma_range()[1]
+    grid = np.linspace(gamma_0, gamma_1, 12)
+    for role, (lo, hi) in (("quality", edm_gamma_range()), ("likelihood", (-13.3, 5.0))):
+        rows = profile[profile["role"] == role]
+        assert np.allclose(rows["gamma"], grid[(grid >= lo - 1e-9) & (grid <= hi + 1e-9)], rtol=0, atol=1e-12)
+        assert (rows["images"] == 180).all() and (rows["loss"] > 0).all() and (rows["standard_error"] > 0).all()
+        assert np.allclose(rows[["gamma_min", "gamma_max"]], [lo, hi])
+    assert set(profile["expert"]) == {"edm", "vdm"}
+    assert np.allclose(profile[["gamma_0", "gamma_1"]], [gamma_0, gamma_1])
+    assert np.allclose(profile[["eta_min", "eta_max"]], [(edm_gamma_range()[0] - gamma_0) / (gamma_1 - gamma_0),
+                                                          (5.0 - gamma_0) / (gamma_1 - gamma_0)])
+    figure = run("figure-loss-profile", "--profile", out, "--etas", 0.1, 0.5, "--out", tmp_path / "profile.png")
+    assert figure.returncode == 0, figure.stderr
+    assert (tmp_path / "profile.png").stat().st_size > 0 and (tmp_path / "profile.pdf").stat().st_size > 0

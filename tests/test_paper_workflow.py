@@ -176,6 +176,8 @@ def with_change(change):
     (lambda c: c["experiments"]["imagenet32"].pop("vlb"), r"configures \[.*\] but not \['vlb'\]; give all or none"),
     (lambda c: c["experiments"]["cifar10"]["fid"].update(weights="inception.pt"),
      "fid.weights names the download 'inception.pt', which is not under downloads"),
+    (lambda c: c["experiments"]["cifar10"].update(loss_profile={"split": "val", "points": 89, "batch_size": 64}),
+     "loss_profile.split 'val' is not a split of cifar10"),
 ])
 def test_bad_paper_config_is_refused_when_planning(tmp_path, change, message):
     write_config(tmp_path, with_change(change))

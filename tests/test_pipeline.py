@@ -27,7 +27,8 @@ def reduced_config():
     digits["sampling"].update(num_samples=48, shard_size=24, batch_size=24, ode={"rtol": 1e-3, "atol": 1e-3},
                               ancestral={"steps": 16})
     digits["nll"].update(rtol=1e-3, atol=1e-3, shards=2, batch_size=200)
-    digits["vlb"]["runs"] = 2
+    digits["vlb"].update(runs=2, runs_per_job=1)  # one job per run; grouped: test_grouped_vlb_runs_give_the_same_table
+    digits["loss_profile"].update(points=23, batch_size=90)
     digits["figures"].update(fixed_noise_rows=2, grid_samples=16)
     return config
 
@@ -68,8 +69,18 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
         for column in columns:
             assert np.isfinite(table[column]).all(), table
         assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
-    for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral"):
+    for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile"):
         assert (finished_run / "results" / "digits" / "figures" / f"{name}.png").stat().st_size > 0
+
+
+def test_loss_profile_has_both_experts_on_their_ranges(finished_run):
+    profile = pd.read_csv(finished_run / "results" / "digits" / "diagnostics" / "loss_profile.csv")
+    grid = np.linspace(-13.3, 2 * np.log(80.0), 23)
+    assert sorted(profile["role"].unique()) == ["likelihood", "quality"]
+    for role, rows in profile.groupby("role"):
+        inside = grid[(grid >= rows["gamma_min"].iloc[0] - 1e-9) & (grid <= rows["gamma_max"].iloc[0] + 1e-9)]
+        assert np.allclose(rows["gamma"], inside) and (rows["images"] == 180).all()
+        assert np.isfinite(rows[["loss", "standard_error"]]).all().all() and (rows["loss"] > 0).all()
 
 
 def test_second_run_is_a_no_op(finished_run):
@@ -88,7 +99,24 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     write_config(workdir, config)
     jobs = planned_jobs(workdir)
     assert jobs == {"sample_shard": 4, "fid": 2, "nll_shard": 2, "vlb_run": 2, "table1": 1, "table2": 1, "table4": 1,
-                    "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2, "all": 1}
+                    "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2,
+                    "figure_loss_profile": 1, "all": 1}  # the loss profile itself does not depend on the etas
+
+
+def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    config = reduced_config()
+    config["experiments"]["digits"]["vlb"]["runs_per_job"] = 2  # both runs of an eta in one job
+    write_config(workdir, config)
+    assert planned_jobs(workdir) == {"vlb_run": 5, "table4": 1, "figure_tradeoff": 1, "all": 1}
+    snakemake(workdir)
+    vlb = workdir / "results" / "digits" / "vlb"
+    assert sorted(path.name for path in (vlb / "0.5").glob("*.json")) == ["run1.json", "run2.json", "runs1-2.json"]
+    single = pd.concat([pd.read_json(vlb / "0.5" / f"run{k}.json") for k in (1, 2)], ignore_index=True)
+    pd.testing.assert_frame_equal(pd.read_json(vlb / "0.5" / "runs1-2.json"), single)
+    tables = [pd.read_csv(root / "results" / "digits" / "tables" / "table4.csv") for root in (finished_run, workdir)]
+    pd.testing.assert_frame_equal(*tables)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -96,6 +124,9 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     (lambda d: d["sampling"].update(num_samples=-5), "minimum"),
     (lambda d: d.update(etas=["edm", 0.9]), r"outside the feasible range \[0.0395, 0.8294\]"),
     (lambda d: d.update(etas=["edm", "sometimes"]), "neither a number"),
+    (lambda d: d["vlb"].update(runs_per_job=3), r"vlb.runs_per_job \(3\) exceeds vlb.runs \(2\)"),
+    (lambda d: d["vlb"].update(runs_per_job=0), "minimum"),
+    (lambda d: d["loss_profile"].update(points=1), "minimum"),
 ])
 def test_schema_rejects_bad_config(tmp_path, change, message):
     config = reduced_config()

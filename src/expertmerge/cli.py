@@ -54,10 +54,14 @@ def positive_float(text: str) -> float:
 # ---------------------------------------------------------------------------------------------
 # Argument parsing.
 
-def _experts(parser):
+def _expert_pair(parser):
     _device(parser)
     parser.add_argument("--quality", required=True, help="quality expert checkpoint stem (.safetensors + .json)")
     parser.add_argument("--likelihood", required=True, help="likelihood expert checkpoint stem")
+
+
+def _experts(parser):
+    _expert_pair(parser)
     parser.add_argument("--eta", required=True, help="switch level: a number, eta_min, eta_max or an expert's name")
 
 
@@ -167,13 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed-groups", type=int, default=5, help="disjoint seed groups for the FID spread")
 
     for name, handler, text, out in (("nll", commands.cmd_nll, "PF-ODE NLL of one shard of a split", "per-image .csv"),
-                                     ("vlb", commands.cmd_vlb, "one run of the variational bound on a split", "result .json")):
+                                     ("vlb", commands.cmd_vlb, "runs of the variational bound on a split",
+                                      "per-run .json")):
         sub = command(name, handler, text, out)
         _experts(sub)
         sub.add_argument("--data", required=True)
         sub.add_argument("--split", default="test")
         sub.add_argument("--batch-size", type=int, default=400)
-    sub.add_argument("--seed", type=int, required=True, help="run seed")
+    sub.add_argument("--runs", type=int, nargs="+", required=True, metavar="RUN",
+                     help="run seeds; each run is one record, the same as when run alone")
     sub = subcommands.choices["nll"]
     sub.add_argument("--shard", type=int, default=0)
     sub.add_argument("--shards", type=int, default=1)
@@ -181,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--rtol", type=positive_float, default=1e-5)
     sub.add_argument("--atol", type=positive_float, default=1e-5)
     sub.add_argument("--dequantization", choices=["tn", "uniform"], default="tn")
+
+    sub = command("loss-profile", commands.cmd_loss_profile, "each expert's denoising loss L(gamma) on one gamma grid",
+                  "profile .csv")
+    _expert_pair(sub)
+    sub.add_argument("--data", required=True, help="splits .npz")
+    sub.add_argument("--split", default="val")
+    sub.add_argument("--points", type=int, required=True, help="grid points over the union of both gamma ranges")
+    sub.add_argument("--seed", type=int, default=0, help="noise seed (image j draws from the pair seed, j)")
+    sub.add_argument("--batch-size", type=int, default=256, help="images per network call")
 
     sub = command("table", commands.cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
     sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
@@ -208,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--count", type=int, required=True, help="rows (fixed-noise) or samples per panel")
     sub.add_argument("--shards", nargs="+", required=True, help="shard 0 of each eta, in column order")
     sub.add_argument("--title", default="")
+
+    sub = command("figure-loss-profile", commands.cmd_figure_loss_profile, "L(gamma) of both experts, etas marked",
+                  "figure .png path")
+    sub.add_argument("--profile", required=True, help="loss-profile .csv")
+    sub.add_argument("--etas", type=float, nargs="*", default=[], help="switch levels to mark")
+    sub.add_argument("--title", default=None)
     return parser
 
 

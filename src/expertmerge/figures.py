@@ -1,4 +1,5 @@
-"""Figures 2-9 of the paper (matplotlib, Agg): the eta trade-off plot and sample grids.
+"""Figures 2-9 of the paper (matplotlib, Agg): the eta trade-off plot and sample grids; and the
+per-noise-level loss L(gamma) of both experts (a diagnostic).
 
 Inputs are result records as described in `tables` (eta_label, eta, bpd_mean, ...) and uint8 NHWC
 images (1 or 3 channels). Every figure is written as stem.png and stem.pdf via temporary names.
@@ -21,6 +22,9 @@ import pandas as pd  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
 from .images import check_images  # noqa: E402
+from .loss_profile import crossings  # noqa: E402
+from .merge import eta_to_gamma  # noqa: E402
+from .noise import linear_gamma_inverse  # noqa: E402
 from .tables import SAMPLER_NAMES, check_records, is_merged, nll_summary, vlb_summary  # noqa: E402
 
 DPI = 100
@@ -124,6 +128,61 @@ def _eta_ticks(ax, frames):
     for label, eta in rows[~rows["eta_label"].map(is_merged)].itertuples(index=False):
         ticks[eta] = label.upper()
     ax.set_xticks(list(ticks), list(ticks.values()))
+
+
+# ----------------------------------------------------------------------------
+# Diagnostic: the per-noise-level loss L(gamma) of both experts (expertmerge.loss_profile).
+
+PROFILE_COLUMNS = ("role", "expert", "gamma", "loss", "standard_error", "eta_min", "eta_max", "gamma_0", "gamma_1")
+BITS_PER_UNIT_GAMMA = 1 / (2 * math.log(2))  # d(diffusion term, bits/dim)/d gamma at L = 1 (Eq. 7)
+
+
+def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = (), title=None) -> list[Path]:
+    """L(gamma) of the quality and likelihood experts (log scale) with ±1 standard-error bands; dashed lines
+    at gamma(eta_min) and gamma(eta_max), light lines at the gamma of each of `etas` (Eq. 14, eta also on the
+    top axis), open circles where the curves cross. The right axis reads L as the VLB's integrand in bits/dim
+    per unit gamma. `profile` holds the rows of `expertmerge loss-profile`."""
+    missing = [column for column in PROFILE_COLUMNS if column not in profile.columns]
+    if missing:
+        raise ValueError(f"loss profile lacks column(s) {missing}; expected {list(PROFILE_COLUMNS)}")
+    gamma_0, gamma_1, eta_min, eta_max = (float(profile[column].iloc[0])
+                                          for column in ("gamma_0", "gamma_1", "eta_min", "eta_max"))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    curves = {}
+    for k, role in enumerate(("quality", "likelihood")):
+        rows = profile[profile["role"] == role].sort_values("gamma")
+        if rows.empty:
+            raise ValueError(f"loss profile has no rows for the {role} expert")
+        gamma, loss, error = rows["gamma"], rows["loss"], rows["standard_error"]
+        ax.plot(gamma, loss, color=f"C{k}", label=f"{str(rows['expert'].iloc[0]).upper()} ({role})")
+        low = (loss - error).clip(lower=loss / 10)  # a band below zero cannot be drawn on a log axis
+        ax.fill_between(gamma, low, loss + error, color=f"C{k}", alpha=0.25, linewidth=0)
+        curves[role] = rows.set_index("gamma")["loss"]
+    both = pd.concat(curves, axis=1).sort_index()  # one grid: NaN where an expert is out of its range
+    crossed = crossings(both.index, both["quality"], both["likelihood"])
+    if crossed:
+        ax.plot(*zip(*crossed), "o", ms=7, mfc="white", mec="black", label="curves cross", zorder=3)
+    for eta in etas:
+        ax.axvline(eta_to_gamma(eta, gamma_0, gamma_1), color="gray", alpha=0.3, linewidth=0.8)
+    for eta, name in ((eta_min, "min"), (eta_max, "max")):
+        ax.axvline(eta_to_gamma(eta, gamma_0, gamma_1), color="gray", linestyle="--", linewidth=1)
+        ax.text(eta_to_gamma(eta, gamma_0, gamma_1), 0.02, f" η{name}", transform=ax.get_xaxis_transform(),
+                rotation=90, ha="right", va="bottom", fontsize=8, color="dimgray")
+    ax.set(yscale="log", xlim=(gamma_0, gamma_1), xlabel="γ = log s² (negative log-SNR)",
+           ylabel="L(γ) = E‖(D(x+sε; s) − x)/s‖² / dim")
+    top = ax.secondary_xaxis("top", functions=(lambda g: linear_gamma_inverse(g, gamma_0, gamma_1),
+                                               lambda eta: eta_to_gamma(eta, gamma_0, gamma_1)))
+    top.set_xlabel("switch level η", fontsize=9)
+    if len(etas):
+        top.set_xticks(list(etas), [f"{eta:g}" for eta in etas], fontsize=7)
+    right = ax.secondary_yaxis("right", functions=(lambda loss: loss * BITS_PER_UNIT_GAMMA,
+                                                   lambda bits: bits / BITS_PER_UNIT_GAMMA))
+    right.set_ylabel("bits/dim per unit γ (VLB integrand)", fontsize=9)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=3, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return save_figure(fig, stem, dpi=150)
 
 
 # ----------------------------------------------------------------------------

@@ -15,14 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from .experts.base import check_expert
 from .images import check_images, from_uint8
 from .noise import gamma_to_noise_level, vp_alpha_sigma
 from .sampling import odeint, per_image_max_rms
-from .seeding import per_image_draw, per_image_generators
+from .seeding import per_image_draw, per_image_generators, run_seeds
 
 DEQUANTIZATIONS = ("tn", "uniform")
 LOG_2PI = math.log(2 * math.pi)
@@ -233,9 +232,8 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
 # Variational bound (Eq. 6-7), VDM's estimator in VE coordinates.
 
 def _run_generators(seed: int, seeds: Sequence[int]) -> list[torch.Generator]:
-    """Image j of run `seed`: a generator seeded from the pair (seed, seeds[j]) via numpy's SeedSequence."""
-    return per_image_generators([int(np.random.SeedSequence([seed, image_seed]).generate_state(1, np.uint64)[0])
-                                 for image_seed in seeds])
+    """Image j of run `seed`: a generator seeded from the pair (seed, seeds[j])."""
+    return per_image_generators(run_seeds(seed, seeds))
 
 
 def prior_kl(x: torch.Tensor, gamma_max: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ as the paper does.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 from .ranges import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, feasible_etas, gamma_of_noise_level
@@ -112,6 +113,34 @@ def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
 
 
+def vlb_job_runs(experiment: dict) -> list[range]:
+    """The runs (seeds 1..runs) of each VLB job: runs_per_job consecutive runs, the last group possibly shorter."""
+    vlb = experiment["vlb"]
+    return [range(start + 1, stop + 1) for start, stop in shard_ranges(vlb["runs"], vlb.get("runs_per_job", 1))]
+
+
+def vlb_job_name(runs: range) -> str:
+    """A VLB job's file stem: run{k} for one run, runs{first}-{last} for a group."""
+    return f"run{runs[0]}" if len(runs) == 1 else f"runs{runs[0]}-{runs[-1]}"
+
+
+def runs_of_vlb_job(name: str) -> range:
+    """The runs a VLB job's file stem names (inverse of vlb_job_name)."""
+    match = re.fullmatch(r"run(\d+)|runs(\d+)-(\d+)", name)
+    if not match:
+        raise ValueError(f"{name!r} is not a VLB job name (run<k> or runs<first>-<last>)")
+    first, last = (int(match[1]), int(match[1])) if match[1] else (int(match[2]), int(match[3]))
+    if last < first:
+        raise ValueError(f"VLB job {name!r} names no runs (last < first)")
+    return range(first, last + 1)
+
+
+def numeric_etas(experiment: dict) -> list[float]:
+    """The configured switch levels given as numbers (not eta_min/eta_max, not a baseline)."""
+    names = set(expert_names(experiment).values()) | set(RANGE_LABELS)
+    return [float(label) for label in eta_labels(experiment) if label not in names]
+
+
 def unpinned_downloads(config: dict) -> list[str]:
     """Downloads that config.yaml does not pin by a checksum (each run warns about them)."""
     from .downloads import UNPINNED
@@ -125,6 +154,7 @@ def has_analysis(experiment: dict) -> bool:
 
 
 ANALYSIS_SECTIONS = ("fid", "etas", "sampling", "nll", "vlb", "figures")
+DATA_SPLITS = {"sklearn-digits": ("train", "val", "test"), "cifar10": ("train", "test"), "imagenet32": ("train", "test")}
 
 
 def check_config(config: dict) -> None:
@@ -155,6 +185,10 @@ def check_config(config: dict) -> None:
                     check_recipe(spec["recipe"]["name"], spec["family"], gamma_range(spec["noise_range"]))
                 except ValueError as error:
                     raise ConfigError(f"experiment {name!r}, expert {expert!r}: {error}") from None
+        splits = DATA_SPLITS[experiment["data"]["source"]]
+        if "loss_profile" in experiment and experiment["loss_profile"]["split"] not in splits:
+            raise ConfigError(f"experiment {name!r}: loss_profile.split {experiment['loss_profile']['split']!r} is "
+                              f"not a split of {experiment['data']['source']} (its splits: {', '.join(splits)})")
         present = [key for key in ANALYSIS_SECTIONS if key in experiment]
         if not present:
             continue
@@ -170,6 +204,10 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"experiment {name!r}: {error}") from None
         if len(set(labels)) != len(labels):
             raise ConfigError(f"experiment {name!r}: etas has duplicates: {labels}")
+        vlb = experiment["vlb"]
+        if vlb.get("runs_per_job", 1) > vlb["runs"]:
+            raise ConfigError(f"experiment {name!r}: vlb.runs_per_job ({vlb['runs_per_job']}) exceeds vlb.runs "
+                              f"({vlb['runs']}); runs_per_job = runs puts every run of an eta in one job")
     for name in config.get("paper", {}):
         if name not in config["experiments"] or not has_analysis(config["experiments"][name]):
             raise ConfigError(f"paper: {name!r} must name an experiment with measurements configured")

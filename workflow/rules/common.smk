@@ -3,7 +3,8 @@ import re
 
 from expertmerge.downloads import UNPINNED
 from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_stem, gamma_range, has_analysis,
-                                  shard_ranges, unpinned_downloads)
+                                  numeric_etas, runs_of_vlb_job, shard_ranges, unpinned_downloads, vlb_job_name,
+                                  vlb_job_runs)
 
 check_config(config)
 for unpinned in unpinned_downloads(config):
@@ -37,9 +38,15 @@ def checkpoint_files(stem):
 
 def expert_files(wildcards):
     """The checkpoints an eta needs: one expert for its baseline, both for a merge."""
+    if wildcards.eta in expert_names(experiment(wildcards)).values():
+        return checkpoint_files(stem_of(wildcards.experiment, wildcards.eta))
+    return both_expert_files(wildcards)
+
+
+def both_expert_files(wildcards):
     names = expert_names(experiment(wildcards))
-    needed = [wildcards.eta] if wildcards.eta in names.values() else [names["quality"], names["likelihood"]]
-    return [path for name in needed for path in checkpoint_files(stem_of(wildcards.experiment, name))]
+    stems = [stem_of(wildcards.experiment, names[role]) for role in ("quality", "likelihood")]
+    return [path for stem in stems for path in checkpoint_files(stem)]
 
 
 def experts_argument(wildcards):
@@ -138,8 +145,12 @@ def experiment_targets(name):
     base = f"results/{name}"
     tables = [f"{base}/tables/table{k}.{ext}" for k in (1, 2, 4) for ext in ("csv", "md", "tex")]
     names = ["tradeoff", "fixed_noise", *(f"samples_{sampler}" for sampler in SAMPLERS)]
+    diagnostics = []
+    if "loss_profile" in config["experiments"][name]:
+        names.append("loss_profile")
+        diagnostics.append(f"{base}/diagnostics/loss_profile.csv")
     figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
-    return tables + figures
+    return tables + figures + diagnostics
 
 
 def feature_network_files(wildcards):
@@ -190,13 +201,22 @@ def nll_files(wildcards):
     )
 
 
+def vlb_jobs(name):
+    """File stems of an experiment's VLB jobs per eta: run{k}, or runs{first}-{last} for grouped runs."""
+    return [vlb_job_name(runs) for runs in vlb_job_runs(config["experiments"][name])]
+
+
 def vlb_files(wildcards):
     return expand(
-        "results/{experiment}/vlb/{eta}/run{run}.json",
+        "results/{experiment}/vlb/{eta}/{runs}.json",
         experiment=wildcards.experiment,
         eta=eta_labels(experiment(wildcards)),
-        run=range(1, experiment(wildcards)["vlb"]["runs"] + 1),
+        runs=vlb_jobs(wildcards.experiment),
     )
+
+
+def vlb_run_seeds(wildcards):
+    return " ".join(map(str, runs_of_vlb_job(wildcards.runs)))
 
 
 def sample_panels(wildcards):
@@ -219,7 +239,7 @@ def fourier_argument(train):
 PAPER_TABLE_RESULTS = {
     "1": "results/{experiment}/nll/{eta}/shard{shard}.csv",
     "2": "results/{experiment}/fid/{sampler}/{eta}.json",
-    "4": "results/{experiment}/vlb/{eta}/run{run}.json",
+    "4": "results/{experiment}/vlb/{eta}/{runs}.json",
 }
 
 
@@ -227,7 +247,7 @@ def result_files(kind, name):
     """One experiment's result files of a kind: "1" (NLL shards), "2" (FID per sampler) or "4" (VLB runs)."""
     spec = config["experiments"][name]
     return expand(PAPER_TABLE_RESULTS[kind], experiment=name, eta=eta_labels(spec), shard=nll_shards(name),
-                  sampler=SAMPLERS, run=range(1, spec["vlb"]["runs"] + 1))
+                  sampler=SAMPLERS, runs=vlb_jobs(name))
 
 
 def paper_table_files(wildcards):

@@ -1,5 +1,6 @@
 # Stage 5: likelihood. The PF-ODE NLL (Eq. 8-9, truncated-normal dequantisation) over the test
-# split, one job per (eta, shard); the variational bound (Eq. 6), one job per (eta, run).
+# split, one job per (eta, shard); the variational bound (Eq. 6), one job per (eta, run) or, with
+# vlb.runs_per_job > 1, per (eta, group of runs); a run's numbers are the same either way.
 
 
 rule nll_shard:
@@ -29,14 +30,15 @@ rule vlb_run:
         experts=expert_files,
         splits=rules.dataset.output.splits,
     output:
-        "results/{experiment}/vlb/{eta}/run{run}.json",
+        "results/{experiment}/vlb/{eta}/{runs}.json",
     params:
         experts=experts_argument,
+        runs=vlb_run_seeds,
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/vlb/{eta}/run{run}.log",
+        "results/{experiment}/logs/vlb/{eta}/{runs}.log",
     shell:
         "expertmerge vlb {params.experts} --eta {wildcards.eta} --data {input.splits} --split test"
-        " --seed {wildcards.run} --threads {threads} --out {output} > {log} 2>&1"
+        " --runs {params.runs} --threads {threads} --out {output} > {log} 2>&1"

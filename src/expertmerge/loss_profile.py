@@ -1,0 +1,137 @@
+"""The per-noise-level denoising loss L(gamma), the integrand of the VLB's diffusion term (Eq. 7).
+
+L(gamma) = E ||(D(x + s eps; s) - x)/s||^2 / dim, s = exp(gamma/2), eps ~ N(0, I), x a data image.
+(D - x)/s = eps_hat - eps, so L is the eps-prediction error per dimension. For the linear schedule
+on [g0, g1] the diffusion term is 1/2 int dim L dgamma nats per image, i.e. 1/(2 ln 2) int L dgamma
+bits per dimension: measuring L of each expert once predicts the VLB's diffusion term of any merge
+and shows at which noise levels each expert is the better one.
+
+Image j's noise comes from its own generator seeded with seeds[j] (default j): one eps per grid
+point, drawn in grid order whether or not that point is evaluated, so results do not depend on the
+batch size, and two experts profiled on one grid see the same noise (their difference, and so where
+their curves cross, is far less noisy than either curve).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .experts.base import check_expert
+from .images import from_uint8
+from .seeding import per_image_draw, per_image_generators
+
+RANGE_SLACK = 1e-9  # grid ends computed in floating point may overshoot a range end by rounding
+
+
+def profile_grid(gamma_lo: float, gamma_hi: float, points: int) -> np.ndarray:
+    """`points` equally spaced gammas from gamma_lo to gamma_hi, both included (float64)."""
+    if not (isinstance(points, int) and points >= 2):
+        raise ValueError(f"a gamma grid needs at least 2 points, got {points!r}")
+    if not (math.isfinite(gamma_lo) and math.isfinite(gamma_hi) and gamma_lo < gamma_hi):
+        raise ValueError(f"a gamma grid needs finite gamma_lo < gamma_hi, got [{gamma_lo}, {gamma_hi}]")
+    return np.linspace(gamma_lo, gamma_hi, points)
+
+
+def in_range(expert, gammas) -> np.ndarray:
+    """Which of `gammas` lie in the expert's [gamma_min, gamma_max] (bool array)."""
+    gammas = np.asarray(gammas, dtype=np.float64)
+    return (gammas >= expert.gamma_min - RANGE_SLACK) & (gammas <= expert.gamma_max + RANGE_SLACK)
+
+
+def loss_profile(expert, images, gammas, *, seeds=None, evaluate=None, batch_size: int = 64, device=None,
+                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """L(gamma) of each uint8 [N, H, W, C] image at each gamma: float64 [N, G]. See `loss_profile_of_data`."""
+    return loss_profile_of_data(expert, from_uint8(images), gammas, seeds=seeds, evaluate=evaluate,
+                                batch_size=batch_size, device=device, progress=progress)
+
+
+def loss_profile_of_data(expert, data: torch.Tensor, gammas, *, seeds=None, evaluate=None, batch_size: int = 64,
+                         device=None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """L(gamma) per image and gamma, float64 [N, G], for data x (float [N, C, H, W], in [-1, 1]).
+
+    `evaluate` (bool [G], default all) picks the gammas the expert is run at; the others are NaN but
+    still draw their eps, so a sub-grid sees the noise of the full grid. Evaluated gammas must lie in
+    the expert's range. Each network call holds `batch_size` images at one gamma; `progress(done)` is
+    called after each batch of images.
+    """
+    check_expert(expert)
+    gammas = np.asarray(gammas, dtype=np.float64).reshape(-1)
+    evaluate = np.ones(len(gammas), bool) if evaluate is None else np.asarray(evaluate, dtype=bool).reshape(-1)
+    if evaluate.shape != gammas.shape:
+        raise ValueError(f"evaluate must hold one flag per gamma: {len(gammas)} gammas, {len(evaluate)} flags")
+    outside = gammas[evaluate & ~in_range(expert, gammas)]
+    if len(outside):
+        raise ValueError(f"gamma {outside.tolist()} outside the expert's range [{expert.gamma_min:.4g}, "
+                         f"{expert.gamma_max:.4g}]: an expert is only evaluated on its own range")
+    seeds = list(range(data.shape[0])) if seeds is None else [int(seed) for seed in seeds]
+    if len(seeds) != data.shape[0]:
+        raise ValueError(f"seeds must hold one seed per image: {data.shape[0]} images, {len(seeds)} seeds")
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = torch.device(device or "cpu")
+    rows = []
+    for start in range(0, len(seeds), batch_size):
+        generators = per_image_generators(seeds[start:start + batch_size])
+        x = data[start:start + batch_size].to(device).double()
+        eps = per_image_draw(generators, lambda g: torch.randn((len(gammas), *x.shape[1:]), generator=g,
+                                                               dtype=torch.float64), device)  # [B, G, C, H, W]
+        loss = torch.full((len(x), len(gammas)), math.nan, dtype=torch.float64)
+        for k in np.flatnonzero(evaluate):
+            loss[:, k] = denoising_loss(expert, x, float(gammas[k]), eps[:, k]).cpu()
+        rows.append(loss)
+        if progress is not None:
+            progress(start + len(x))
+    return torch.cat(rows)
+
+
+def denoising_loss(expert, x: torch.Tensor, gamma: float, eps: torch.Tensor) -> torch.Tensor:
+    """||(D(x + s eps; s) - x)/s||^2 / dim per image (float64 [N]) at one gamma, s = exp(gamma/2)."""
+    s = math.exp(gamma / 2)
+    with torch.no_grad():
+        denoised = expert.denoise((x + s * eps).float(), s).double()
+    loss = ((denoised - x) / s).pow(2).flatten(1).mean(1)
+    if not bool(torch.isfinite(loss).all()):
+        raise FloatingPointError(f"the expert's output D(x; s) is not finite at gamma {gamma:.4g} (s = {s:.4g})")
+    return loss
+
+
+def mean_and_standard_error(loss) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over images of L at each gamma and its standard error (std with ddof 1 / sqrt(N)); [G] each."""
+    loss = np.asarray(loss, dtype=np.float64)
+    count = loss.shape[0]
+    error = loss.std(axis=0, ddof=1) / math.sqrt(count) if count > 1 else np.full(loss.shape[1], math.nan)
+    return loss.mean(axis=0), error
+
+
+def diffusion_term_bpd(gammas, loss) -> np.ndarray | float:
+    """The VLB's diffusion term in bits/dim, 1/(2 ln 2) int L dgamma (Eq. 7 with a linear schedule), by the
+    trapezoid rule over `gammas`; `loss` is [G] (a curve) or [N, G] (one value per image)."""
+    gammas, loss = np.asarray(gammas, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    integral = ((loss[..., 1:] + loss[..., :-1]) / 2 * np.diff(gammas)).sum(axis=-1)
+    return integral / (2 * math.log(2))
+
+
+def crossings(gammas, first, second) -> list[tuple[float, float]]:
+    """(gamma, L) where curve `first` crosses `second`, linearly interpolated between adjacent grid points
+    at which both are measured (NaN elsewhere)."""
+    gammas, first, second = (np.asarray(a, dtype=np.float64) for a in (gammas, first, second))
+    difference = first - second
+    found = []
+    for k in range(len(gammas) - 1):
+        a, b = difference[k], difference[k + 1]
+        if np.isfinite([a, b]).all() and (a == 0 or a * b < 0):
+            weight = a / (a - b)  # where the linear interpolant of the difference is zero
+            found.append((gammas[k] + weight * (gammas[k + 1] - gammas[k]),
+                          first[k] + weight * (first[k + 1] - first[k])))
+    return found
+
+
+def profile_records(gammas: Sequence[float], loss) -> list[dict]:
+    """One record per measured gamma: gamma, loss (mean over images), standard_error and images."""
+    mean, error = mean_and_standard_error(loss)
+    count = np.asarray(loss).shape[0]
+    return [{"gamma": float(gamma), "loss": float(m), "standard_error": float(e), "images": count}
+            for gamma, m, e in zip(gammas, mean, error) if np.isfinite(m)]

@@ -1,0 +1,105 @@
+"""One experiment's results at a glance: every eta's NLL, FID and VLB in one table, and the paper's
+claims about the mechanism checked against them.
+
+The claims (paper Sec. 5, Tables 1, 2 and 4) are what merging is for: the likelihood expert wins on
+likelihood, the quality expert on FID, the likelihood gains start at the lowest noise levels (a
+switch at eta_min already beats the quality expert), and some merge is at least as likely as the
+likelihood expert while keeping the quality expert's FID within a budget. Inputs are the records the
+tables are made from (see `tables`); the baselines are told apart by the plotting convention, eta = 0
+for the quality expert and eta = 1 for the likelihood expert.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .tables import check_records, is_merged, nll_summary, short_label, vlb_summary
+
+SAMPLERS = ("ode", "ancestral")
+
+
+def results_frame(nll, vlb, fid) -> pd.DataFrame:
+    """One row per eta (in eta order): bpd_mean, bpd_sem, nfe_mean, fid_<sampler>, fid_spread_<sampler>,
+    vlb_mean, vlb_std."""
+    frame = nll_summary(nll)[["eta_label", "eta", "bpd_mean", "bpd_sem", "nfe_mean"]]
+    frame = frame.merge(vlb_summary(vlb)[["eta_label", "vlb_mean", "vlb_std"]], on="eta_label", how="outer")
+    fid = check_records(fid, ("sampler", "fid"))
+    for sampler in SAMPLERS:
+        part = fid[fid["sampler"] == sampler].set_index("eta_label")
+        frame[f"fid_{sampler}"] = frame["eta_label"].map(part["fid"])
+        frame[f"fid_spread_{sampler}"] = frame["eta_label"].map(part.get("fid_spread", pd.Series(dtype=float)))
+    missing = frame[frame[["bpd_mean", "vlb_mean", *(f"fid_{s}" for s in SAMPLERS)]].isna().any(axis=1)]
+    if len(missing):
+        raise ValueError(f"etas {missing['eta_label'].tolist()} lack an NLL, VLB or FID (ODE and ancestral) record")
+    return frame.sort_values("eta", kind="stable").reset_index(drop=True)
+
+
+def _baseline(frame: pd.DataFrame, eta: float) -> pd.Series:
+    rows = frame[(~frame["eta_label"].map(is_merged)) & (frame["eta"] == eta)]
+    if len(rows) != 1:
+        raise ValueError(f"need exactly one unmerged baseline at eta = {eta:g} (quality expert 0, likelihood 1); "
+                         f"got {rows['eta_label'].tolist()}")
+    return rows.iloc[0]
+
+
+def claims(frame: pd.DataFrame, fid_budget: float = 0.1) -> pd.DataFrame:
+    """The paper's claims as rows (claim, measured, holds) for a `results_frame`."""
+    quality, likelihood = _baseline(frame, 0.0), _baseline(frame, 1.0)
+    q, lk = short_label(quality["eta_label"]), short_label(likelihood["eta_label"])
+    merged = frame[frame["eta_label"].map(is_merged)]
+    rows = []
+
+    def claim(text: str, measured: str, holds: bool):
+        rows.append({"claim": text, "measured": measured, "holds": bool(holds)})
+
+    def versus(column: str, a: pd.Series, b: pd.Series, decimals: int) -> str:
+        return f"{a[column]:.{decimals}f} vs {b[column]:.{decimals}f}"
+
+    claim(f"{lk} has a lower ODE NLL than {q}", versus("bpd_mean", likelihood, quality, 3),
+          likelihood["bpd_mean"] < quality["bpd_mean"])
+    claim(f"{lk} has a lower VLB than {q}", versus("vlb_mean", likelihood, quality, 3),
+          likelihood["vlb_mean"] < quality["vlb_mean"])
+    for sampler in SAMPLERS:
+        claim(f"{q} has a lower FID ({sampler} sampler) than {lk}", versus(f"fid_{sampler}", quality, likelihood, 1),
+              quality[f"fid_{sampler}"] < likelihood[f"fid_{sampler}"])
+    at_min = merged[merged["eta_label"] == "eta_min"]
+    if len(at_min):
+        claim(f"ηmin has a lower ODE NLL than {q}: the gains start at the lowest noise levels",
+              versus("bpd_mean", at_min.iloc[0], quality, 3), at_min.iloc[0]["bpd_mean"] < quality["bpd_mean"])
+    if len(merged):
+        best = merged.loc[merged["bpd_mean"].idxmin()]
+        upto = merged[merged["eta"] <= best["eta"]]
+        worse = upto[upto["bpd_mean"] >= quality["bpd_mean"]]
+        claim(f"every η up to the best-NLL η ({short_label(best['eta_label'])}) has a lower ODE NLL than {q}",
+              "all lower" if worse.empty else "not: " + ", ".join(map(short_label, worse["eta_label"])), worse.empty)
+        fid_limit = (1 + fid_budget) * quality["fid_ode"]
+        good = merged[(merged["bpd_mean"] <= likelihood["bpd_mean"]) & (merged["fid_ode"] <= fid_limit)]
+        claim(f"some η has an ODE NLL ≤ {lk}'s and an ODE FID ≤ {1 + fid_budget:g} × {q}'s ({fid_limit:.1f})",
+              ", ".join(f"{short_label(r.eta_label)}: {r.bpd_mean:.3f} bpd, FID {r.fid_ode:.1f}"
+                        for r in good.itertuples()) or "none", len(good) > 0)
+    return pd.DataFrame(rows)
+
+
+def results_markdown(frame: pd.DataFrame) -> str:
+    """The results table as Markdown: value ± error per cell, the best NLL and VLB in bold."""
+    best = {column: frame[column].min() for column in ("bpd_mean", "vlb_mean")}
+
+    def cell(row, value, error, decimals, bold=None):
+        text = f"{row[value]:.{decimals}f}"
+        text = f"**{text}**" if bold and row[value] == best[value] else text
+        return text if pd.isna(row[error]) else f"{text} ± {row[error]:.{decimals}f}"
+
+    lines = ["| η | NLL (bpd) | NFE | FID (ODE) | FID (ancestral) | VLB (bpd) |", "|---|---|---|---|---|---|"]
+    for _, row in frame.iterrows():
+        label = short_label(row["eta_label"])
+        label = f"{label} = {row['eta']:.4f}" if row["eta_label"] in ("eta_min", "eta_max") else label
+        label = label if is_merged(row["eta_label"]) else f"{label} alone"
+        lines.append(f"| {label} | {cell(row, 'bpd_mean', 'bpd_sem', 3, True)} | {row['nfe_mean']:.0f} | "
+                     f"{cell(row, 'fid_ode', 'fid_spread_ode', 1)} | {cell(row, 'fid_ancestral', 'fid_spread_ancestral', 1)}"
+                     f" | {cell(row, 'vlb_mean', 'vlb_std', 3, True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def claims_markdown(table: pd.DataFrame) -> str:
+    lines = ["| claim | measured | holds |", "|---|---|---|"]
+    lines += [f"| {r.claim} | {r.measured} | {'yes' if r.holds else '**no**'} |" for r in table.itertuples()]
+    return "\n".join(lines) + "\n"

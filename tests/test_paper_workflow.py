@@ -192,7 +192,7 @@ PAPER_JOBS = {
     "sample_shard": 480,        # 2 data sets x 2 samplers x 12 etas x 10 shards of 5000
     "nll_shard": 240,           # 2 x 12 etas x 10 shards of 1000 test images
     "vlb_run": 240,             # 2 x 12 etas x 10 runs
-    "fid": 48, "table1": 2, "table2": 2, "table4": 2,
+    "fid": 48, "table1": 2, "table2": 2, "table4": 2, "summary": 2,
     "figure_tradeoff": 2, "figure_fixed_noise": 2, "figure_samples": 4,
     "paper_table": 3, "literature_table": 2, "paper": 1,
 }
@@ -259,4 +259,4 @@ def test_changing_one_eta_replans_only_that_eta_and_the_aggregates(tmp_path):
     # jobs whose inputs are the new eta's results: CIFAR-10's tables and figures, the paper tables
     assert changed == sorted(["figure_fixed_noise", "figure_samples", "figure_samples", "figure_tradeoff",
                               "literature_table", "literature_table", "paper_table", "paper_table", "paper_table",
-                              "table1", "table2", "table4"])
+                              "summary", "table1", "table2", "table4"])

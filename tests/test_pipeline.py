@@ -69,6 +69,9 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
         for column in columns:
             assert np.isfinite(table[column]).all(), table
         assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
+    summary = (tables / "summary.md").read_text()
+    assert summary.count("\n| ") == 2 + 5 + 2 + 7  # header lines + one row per eta; header lines + one per claim
+    assert len(pd.read_csv(tables / "summary.csv")) == 7
     for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile"):
         assert (finished_run / "results" / "digits" / "figures" / f"{name}.png").stat().st_size > 0
 
@@ -93,14 +96,14 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     config = reduced_config()
     config["experiments"]["digits"]["nll"]["rtol"] = 2e-3
     write_config(workdir, config)
-    assert planned_jobs(workdir) == {"nll_shard": 10, "table1": 1, "figure_tradeoff": 1, "all": 1}
+    assert planned_jobs(workdir) == {"nll_shard": 10, "table1": 1, "figure_tradeoff": 1, "summary": 1, "all": 1}
     config = reduced_config()
     config["experiments"]["digits"]["etas"][2] = 0.6  # one eta changed: its jobs and the aggregates
     write_config(workdir, config)
     jobs = planned_jobs(workdir)
     assert jobs == {"sample_shard": 4, "fid": 2, "nll_shard": 2, "vlb_run": 2, "table1": 1, "table2": 1, "table4": 1,
                     "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2,
-                    "figure_loss_profile": 1, "all": 1}  # the loss profile itself does not depend on the etas
+                    "figure_loss_profile": 1, "summary": 1, "all": 1}  # the loss profile itself does not depend on the etas
 
 
 def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):
@@ -109,7 +112,7 @@ def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):
     config = reduced_config()
     config["experiments"]["digits"]["vlb"]["runs_per_job"] = 2  # both runs of an eta in one job
     write_config(workdir, config)
-    assert planned_jobs(workdir) == {"vlb_run": 5, "table4": 1, "figure_tradeoff": 1, "all": 1}
+    assert planned_jobs(workdir) == {"vlb_run": 5, "table4": 1, "figure_tradeoff": 1, "summary": 1, "all": 1}
     snakemake(workdir)
     vlb = workdir / "results" / "digits" / "vlb"
     assert sorted(path.name for path in (vlb / "0.5").glob("*.json")) == ["run1.json", "run2.json", "runs1-2.json"]

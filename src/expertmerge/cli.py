@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind in (("--steps", int), ("--batch-size", int), ("--lr", float), ("--ema-decay", float),
                        ("--eval-every", int), ("--seed", int)):
         sub.add_argument(flag, type=kind, required=True)
-    sub.add_argument("--fourier-exponents", type=int, nargs="*", default=None,
-                     help="VDM's Fourier input features (none given: no features; flag absent: the default)")
+    sub.add_argument("--network", type=json_object, default={},
+                     help="JSON of SmallUNet hyper-parameters to set (patch, channels, fourier_exponents, ...)")
 
     sub = command("train-classifier", commands.cmd_train_classifier, "train the digit classifier for FID features",
                   "classifier stem")
@@ -216,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("figure-tradeoff", commands.cmd_figure_tradeoff, "Fig. 2: NLL and FID against eta", "figure .png path")
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
+
+    sub = command("summary", commands.cmd_summary, "every eta's NLL, FID and VLB, and the paper's claims checked",
+                  "summary .md path (the claims also as .csv beside it)")
+    for flag in ("--nll", "--vlb", "--fid"):
+        sub.add_argument(flag, nargs="+", required=True)
+    sub.add_argument("--fid-budget", type=float, default=0.1,
+                     help="a merge keeps the quality expert's FID if its ODE FID <= (1 + budget) x the expert's")
 
     sub = command("figure-grid", commands.cmd_figure_grid, "Fig. 3 (fixed noise) or Figs. 6-7 (samples) per eta",
                   "figure .png path")

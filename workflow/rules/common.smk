@@ -150,7 +150,8 @@ def experiment_targets(name):
         names.append("loss_profile")
         diagnostics.append(f"{base}/diagnostics/loss_profile.csv")
     figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
-    return tables + figures + diagnostics
+    summary = [f"{base}/tables/summary.md", f"{base}/tables/summary.csv"]
+    return tables + summary + figures + diagnostics
 
 
 def feature_network_files(wildcards):
@@ -229,11 +230,9 @@ def sample_panels(wildcards):
     )
 
 
-def fourier_argument(train):
-    """--fourier-exponents only when the config sets them (else the family's default)."""
-    if "fourier_exponents" not in train:
-        return ""
-    return " ".join(["--fourier-exponents", *map(str, train["fourier_exponents"])])
+def network_argument(train):
+    """--network only when the config sets network hyper-parameters (else the family's defaults)."""
+    return f"--network {shell_json(train['network'])}" if "network" in train else ""
 
 
 PAPER_TABLE_RESULTS = {

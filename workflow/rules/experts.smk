@@ -19,7 +19,7 @@ rule train_expert:
         spec=lambda w: experiment(w)["experts"][w.expert],
         stem=lambda w: f"results/{w.experiment}/experts/train/{w.expert}",
         gamma_range=lambda w: gamma_range(experiment(w)["experts"][w.expert]["noise_range"]),
-        fourier=lambda w: fourier_argument(experiment(w)["experts"][w.expert]["train"]),
+        network=lambda w: network_argument(experiment(w)["experts"][w.expert]["train"]),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
@@ -31,7 +31,7 @@ rule train_expert:
         " --steps {params.spec[train][steps]} --batch-size {params.spec[train][batch_size]}"
         " --lr {params.spec[train][lr]} --ema-decay {params.spec[train][ema_decay]}"
         " --eval-every {params.spec[train][eval_every]} --seed {params.spec[train][seed]}"
-        " {params.fourier} --threads {threads} --out {params.stem} > {log} 2>&1"
+        " {params.network} --threads {threads} --out {params.stem} > {log} 2>&1"
 
 
 rule train_recipe:

@@ -68,6 +68,23 @@ rule figure_tradeoff:
         " --out {output.png} > {log} 2>&1"
 
 
+rule summary:
+    input:
+        nll=nll_files,
+        vlb=vlb_files,
+        fid=per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
+    output:
+        md=report("results/{experiment}/tables/summary.md", caption="../report/summary.rst", category="Tables",
+                  subcategory="{experiment}"),
+        csv="results/{experiment}/tables/summary.csv",
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        "results/{experiment}/logs/summary.log",
+    shell:
+        "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} --out {output.md} > {log} 2>&1"
+
+
 rule figure_fixed_noise:
     input:
         per_eta("results/{experiment}/samples/ode/{eta}/shard0.npz"),

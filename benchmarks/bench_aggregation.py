@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expertmerge.fid import save_statistics, statistics
+from expertmerge.frechet import save_statistics, statistics
 from expertmerge.shards import save_sample_shard
 
 

@@ -6,7 +6,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from expertmerge import fid as F
+from expertmerge import fid as F, frechet
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,9 @@ def random_stats(dim, seed):
 
 def test_frechet_identical_is_zero_and_symmetric():
     a, b = random_stats(6, 0), random_stats(6, 1)
-    assert abs(F.fid(a, a)) < 1e-8
-    assert F.fid(a, b) == pytest.approx(F.fid(b, a), rel=1e-8)
-    assert F.fid(a, b) > 0
+    assert abs(frechet.fid(a, a)) < 1e-8
+    assert frechet.fid(a, b) == pytest.approx(frechet.fid(b, a), rel=1e-8)
+    assert frechet.fid(a, b) > 0
 
 
 def test_frechet_closed_form_diagonal():
@@ -40,26 +40,26 @@ def test_frechet_closed_form_diagonal():
     mu_a, mu_b = np.array([0.0, 1.0, -2.0]), np.array([0.5, 1.0, 1.0])
     var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
     expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
-    assert F.fid((mu_a, np.diag(var_a)), (mu_b, np.diag(var_b))) == pytest.approx(expected, rel=1e-10)
+    assert frechet.fid((mu_a, np.diag(var_a)), (mu_b, np.diag(var_b))) == pytest.approx(expected, rel=1e-10)
 
 
 def test_fid_rejects_mismatched_statistics():
     with pytest.raises(ValueError, match="feature size"):
-        F.fid(random_stats(3, 0), random_stats(4, 0))
+        frechet.fid(random_stats(3, 0), random_stats(4, 0))
 
 
 def test_statistics_match_numpy_and_roundtrip(tmp_path):
     feats = np.random.default_rng(0).normal(size=(50, 4))
-    mu, sigma = F.statistics(feats)
+    mu, sigma = frechet.statistics(feats)
     np.testing.assert_allclose(mu, feats.mean(0))
     np.testing.assert_allclose(sigma, np.cov(feats.T))
-    F.save_statistics(tmp_path / "ref.npz", mu, sigma, num_images=50)
-    loaded = F.load_statistics(tmp_path / "ref.npz")
+    frechet.save_statistics(tmp_path / "ref.npz", mu, sigma, num_images=50)
+    loaded = frechet.load_statistics(tmp_path / "ref.npz")
     np.testing.assert_array_equal(loaded[0], mu)
     np.testing.assert_array_equal(loaded[1], sigma)
     assert [p.name for p in tmp_path.iterdir()] == ["ref.npz"]
     with pytest.raises(ValueError, match="N >= 2"):
-        F.statistics(feats[:1])
+        frechet.statistics(feats[:1])
 
 
 def test_classifier_accuracy(digits, classifier):
@@ -71,10 +71,10 @@ def test_classifier_accuracy(digits, classifier):
 def test_fid_train_vs_test_small_next_to_noise(digits, classifier):
     x_train, x_test, _, _ = digits
     model = classifier
-    reference = F.statistics(F.features(model, x_train))
+    reference = frechet.statistics(F.features(model, x_train))
     noise = np.random.default_rng(0).integers(0, 256, size=x_test.shape, dtype=np.uint8)
-    fid_test = F.fid(reference, F.statistics(F.features(model, x_test)))
-    fid_noise = F.fid(reference, F.statistics(F.features(model, noise)))
+    fid_test = frechet.fid(reference, frechet.statistics(F.features(model, x_test)))
+    fid_noise = frechet.fid(reference, frechet.statistics(F.features(model, noise)))
     assert 0 < fid_test < 0.05 * fid_noise
 
 
@@ -112,14 +112,14 @@ def test_training_is_deterministic_and_leaves_global_rng(digits):
 def test_seed_spread_of_disjoint_groups(digits, classifier):
     x_train, x_test, _, _ = digits
     model = classifier
-    reference = F.statistics(F.features(model, x_train))
-    groups = F.split_seed_groups(F.features(model, x_test), 3)
-    spread = F.seed_spread(reference, groups)
+    reference = frechet.statistics(F.features(model, x_train))
+    groups = frechet.split_seed_groups(F.features(model, x_test), 3)
+    spread = frechet.seed_spread(reference, groups)
     assert spread["group_size"] == len(x_test) // 3 and len(spread["fids"]) == 3
     assert spread["mean"] == pytest.approx(np.mean(spread["fids"]))
     assert spread["std"] == pytest.approx(np.std(spread["fids"], ddof=1))
     with pytest.raises(ValueError, match="equal size"):
-        F.seed_spread(reference, [groups[0], groups[1][:-1]])
+        frechet.seed_spread(reference, [groups[0], groups[1][:-1]])
 
 
 def test_bad_inputs_are_named(digits):
@@ -138,13 +138,13 @@ def test_frechet_distance_equals_clean_fids(samples):
 
     rng = np.random.default_rng(samples)
     mixing = rng.standard_normal((64, 64))
-    a = F.statistics(rng.standard_normal((samples, 64)) @ mixing)
-    b = F.statistics(rng.standard_normal((samples, 64)) @ mixing + 0.3)
+    a = frechet.statistics(rng.standard_normal((samples, 64)) @ mixing)
+    b = frechet.statistics(rng.standard_normal((samples, 64)) @ mixing + 0.3)
     with warnings.catch_warnings():  # clean-fid passes sqrtm's `disp`, deprecated in SciPy 1.17
         warnings.simplefilter("ignore", DeprecationWarning)
         expected = float(frechet_distance(*a, *b))
-    assert F.fid(a, b) == pytest.approx(expected, rel=1e-6)
-    reference = F.FrechetReference(*b)
+    assert frechet.fid(a, b) == pytest.approx(expected, rel=1e-6)
+    reference = frechet.FrechetReference(*b)
     assert reference.distance(a) == pytest.approx(expected, rel=1e-6)
     assert abs(reference.distance(b)) < 1e-7 * np.trace(b[1])  # zero up to rounding (sqrt of ~0 eigenvalues)
 
@@ -152,9 +152,9 @@ def test_frechet_distance_equals_clean_fids(samples):
 def test_fid_with_spread_equals_separate_computations():
     rng = np.random.default_rng(0)
     feats = (rng.standard_normal((1003, 16)) @ rng.standard_normal((16, 16)) + 5).astype(np.float32)  # 3 left over
-    reference = F.statistics(rng.standard_normal((500, 16)) * 2)
-    result = F.fid_with_spread(reference, feats, 4)
-    assert result["fid"] == pytest.approx(F.fid(F.statistics(feats), reference), rel=1e-9)
-    spread = F.seed_spread(reference, F.split_seed_groups(feats, 4))
+    reference = frechet.statistics(rng.standard_normal((500, 16)) * 2)
+    result = frechet.fid_with_spread(reference, feats, 4)
+    assert result["fid"] == pytest.approx(frechet.fid(frechet.statistics(feats), reference), rel=1e-9)
+    spread = frechet.seed_spread(reference, frechet.split_seed_groups(feats, 4))
     np.testing.assert_allclose(result["fids"], spread["fids"], rtol=1e-9)
     assert result["std"] == pytest.approx(spread["std"], rel=1e-9) and result["group_size"] == 250

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from expertmerge.summary import claims, claims_markdown, results_frame, results_markdown
+from expertmerge.summary import claims, claims_markdown, profile_markdown, results_frame, results_markdown
 
 # eta_label -> (eta, NLL, VLB, FID ode, FID ancestral): shaped like the paper's CIFAR-10 numbers
 PAPER_LIKE = {
@@ -75,3 +75,14 @@ def test_markdown_has_one_row_per_eta_and_marks_the_best():
     assert lines[2].startswith("| EDM alone | 3.210 ± 0.058 | 101 | 2.0 ± 0.1 | 3.0 ± 0.1 | 3.300 ± 0.014 |")
     assert "| ηmin = 0.0394 |" in text and "**2.600** ± 0.058" in text and "**2.650** ± 0.014" in text
     assert claims_markdown(claims(frame)).count("| yes |") == 7
+
+
+def test_profile_markdown_shows_both_curves_and_their_crossing():
+    gammas = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0]
+    ranges = dict(gamma_0=-4.0, gamma_1=2.0)
+    rows = [dict(role="quality", expert="edm", gamma=g, loss=0.5 - 0.1 * g, **ranges) for g in gammas[1:]]
+    rows += [dict(role="likelihood", expert="vdm", gamma=g, loss=0.45 - 0.2 * g, **ranges) for g in gammas[:-1]]
+    text = profile_markdown(pd.DataFrame(rows))
+    assert "| γ | -4.0 | -2.0 | 0.0 | 2.0 |" in text
+    assert "| EDM | – | 0.700 | 0.500 | 0.300 |" in text and "| VDM | 1.250 | 0.850 | 0.450 | – |" in text
+    assert "cross at γ = -0.50 (η = 0.583)" in text  # 0.5 - 0.1 g = 0.45 - 0.2 g at g = -0.5

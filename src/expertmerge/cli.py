@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "summary .md path (the claims also as .csv beside it)")
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
+    sub.add_argument("--profile", default=None, help="a loss-profile CSV: adds L(gamma) of both experts")
     sub.add_argument("--fid-budget", type=float, default=0.1,
                      help="a merge keeps the quality expert's FID if its ODE FID <= (1 + budget) x the expert's")
 

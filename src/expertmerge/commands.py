@@ -112,7 +112,8 @@ def cmd_train_classifier(args):
 def cmd_reference_stats(args):
     from .datasets import load_splits
     from .devices import resolve_device
-    from .fid import load_feature_network, save_statistics, statistics
+    from .fid import load_feature_network
+    from .frechet import save_statistics, statistics
 
     network = load_feature_network(args.features_kind, args.features, resolve_device(args.device),
                                    args.features_checksum)
@@ -156,7 +157,7 @@ def cmd_sample(args):
 def cmd_fid(args):
     import numpy as np
 
-    from .fid import fid_with_spread, load_statistics
+    from .frechet import fid_with_spread, load_statistics
     from .shards import load_shard, write_json
 
     shards = [load_shard(path, "features", "nfe") for path in args.shards]
@@ -313,16 +314,21 @@ def cmd_figure_tradeoff(args):
 def cmd_summary(args):
     from pathlib import Path
 
+    import pandas as pd
+
     from . import summary, tables
     from .files import write_text
 
     frame = summary.results_frame(*(tables.load_records(*paths) for paths in (args.nll, args.vlb, args.fid)))
     claims = summary.claims(frame, args.fid_budget)
+    text = ("Results per switch level (NLL ± s.e. over test images, FID ± seed-group spread, VLB ± std over runs)"
+            "\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims))
+    if args.profile:
+        text += ("\nDenoising loss per dimension L(γ) on the validation images (the VLB integrand, Eq. 7)\n\n"
+                 + summary.profile_markdown(pd.read_csv(args.profile)))
     out = Path(args.out)
     write_text(out.with_suffix(".csv"), claims.to_csv(index=False))
-    write_text(out, "Results per switch level (NLL ± s.e. over test images, FID ± seed-group spread, VLB ± std "
-               "over runs)\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n"
-               + summary.claims_markdown(claims))
+    write_text(out, text)
     for row in claims.itertuples():
         log.info("%s: %s (%s)", "holds" if row.holds else "DOES NOT HOLD", row.claim, row.measured)
 

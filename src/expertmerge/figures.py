@@ -21,10 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
-from .images import check_images  # noqa: E402
-from .loss_profile import crossings  # noqa: E402
-from .merge import eta_to_gamma  # noqa: E402
-from .noise import linear_gamma_inverse  # noqa: E402
+from .ranges import eta_to_gamma, gamma_to_eta  # noqa: E402
 from .tables import SAMPLER_NAMES, check_records, is_merged, nll_summary, vlb_summary  # noqa: E402
 
 DPI = 100
@@ -32,6 +29,17 @@ GAP = 2         # pixels between images in a grid
 TITLE_PX = 22   # height of a title band above a column or panel
 LABEL_PX = 60   # width of the row-label band of the fixed-noise grid
 HEADER_PX = 30  # height of the overall title band of the sample grids
+
+
+def uint8_images(images) -> np.ndarray:
+    """uint8 [N, H, W, C] images (C in 1, 3) as a numpy array; checked here rather than with
+    images.check_images, whose torch import the figure jobs do not need."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 [N, H, W, C] (8-bit levels 0..255), got dtype {images.dtype}")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise ValueError(f"images must have shape [N, H, W, C] with N >= 1 and C in (1, 3), got {images.shape}")
+    return images
 
 
 def column_title(eta_label: str) -> str:
@@ -142,6 +150,8 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
     at gamma(eta_min) and gamma(eta_max), light lines at the gamma of each of `etas` (Eq. 14, eta also on the
     top axis), open circles where the curves cross. The right axis reads L as the VLB's integrand in bits/dim
     per unit gamma. `profile` holds the rows of `expertmerge loss-profile`."""
+    from .loss_profile import crossings  # here, not at the top: the other figures' jobs need no torch
+
     missing = [column for column in PROFILE_COLUMNS if column not in profile.columns]
     if missing:
         raise ValueError(f"loss profile lacks column(s) {missing}; expected {list(PROFILE_COLUMNS)}")
@@ -170,7 +180,7 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
                 rotation=90, ha="right", va="bottom", fontsize=8, color="dimgray")
     ax.set(yscale="log", xlim=(gamma_0, gamma_1), xlabel="γ = log s² (negative log-SNR)",
            ylabel="L(γ) = E‖(D(x+sε; s) − x)/s‖² / dim")
-    top = ax.secondary_xaxis("top", functions=(lambda g: linear_gamma_inverse(g, gamma_0, gamma_1),
+    top = ax.secondary_xaxis("top", functions=(lambda g: gamma_to_eta(g, gamma_0, gamma_1),
                                                lambda eta: eta_to_gamma(eta, gamma_0, gamma_1)))
     top.set_xlabel("switch level η", fontsize=9)
     if len(etas):
@@ -191,7 +201,7 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
 
 def mosaic(images, columns: int, scale: int = 1, gap: int = GAP) -> np.ndarray:
     """uint8 NHWC -> one uint8 HxWxC image: `columns` per row, each pixel scale x scale, white gaps."""
-    images = check_images(images).numpy()
+    images = uint8_images(images)
     n, h, w, c = images.shape
     rows = math.ceil(n / columns)
     cell_h, cell_w = h * scale + gap, w * scale + gap
@@ -219,7 +229,7 @@ def _check_panels(panels: Sequence, labels: Sequence[str]) -> list:
     if len(panels) == 0 or len(panels) != len(labels):
         raise ValueError(f"need one uint8 NHWC image set per eta label, got {len(panels)} image sets "
                          f"for {len(labels)} labels")
-    columns = [(column_title(label), check_images(images)) for images, label in zip(panels, labels)]
+    columns = [(column_title(label), uint8_images(images)) for images, label in zip(panels, labels)]
     shapes = {tuple(images.shape) for _, images in columns}
     if len(shapes) != 1:
         raise ValueError(f"every eta needs the same number and shape of images, got shapes {sorted(shapes)}")
@@ -239,7 +249,7 @@ def fixed_noise_grid(panels: Sequence, columns: Sequence[str], stem, *, row_labe
     if row_labels is not None and len(row_labels) != count:
         raise ValueError(f"got {len(row_labels)} row labels for {count} rows of images")
     scale = scale or _default_scale(columns[0][1], 64)
-    stacked = np.stack([images.numpy() for _, images in columns], axis=1).reshape(-1, *columns[0][1].shape[1:])
+    stacked = np.stack([images for _, images in columns], axis=1).reshape(-1, *columns[0][1].shape[1:])
     grid = mosaic(stacked, len(columns), scale)  # row r = one noise sample, column = one eta
     label_px = LABEL_PX if row_labels is not None else 0
     fig_w, fig_h = grid.shape[1] + label_px, grid.shape[0] + TITLE_PX

@@ -11,15 +11,11 @@ from typing import Sequence
 import torch
 
 from .experts.base import Expert, broadcast_level, check_expert
-from .ranges import feasible_etas
+from .ranges import eta_to_gamma, feasible_etas
 
 
 def merged_range(experts: Sequence) -> tuple[float, float]:
     return min(float(e.gamma_min) for e in experts), max(float(e.gamma_max) for e in experts)
-
-
-def eta_to_gamma(eta: float, gamma_0: float, gamma_1: float) -> float:
-    return gamma_0 + eta * (gamma_1 - gamma_0)
 
 
 def eta_range(quality, likelihood) -> tuple[float, float]:

@@ -54,16 +54,6 @@ def edm_gamma_range(sigma_min: float = EDM_SIGMA_MIN, sigma_max: float = EDM_SIG
     return noise_level_to_gamma(sigma_min), noise_level_to_gamma(sigma_max)
 
 
-def linear_gamma(t, gamma_0: float, gamma_1: float):
-    """Linear schedule gamma_t = gamma_0 + t (gamma_1 - gamma_0) (Eq. 14)."""
-    return gamma_0 + t * (gamma_1 - gamma_0)
-
-
-def linear_gamma_inverse(gamma, gamma_0: float, gamma_1: float):
-    """t such that linear_gamma(t) = gamma."""
-    return (gamma - gamma_0) / (gamma_1 - gamma_0)
-
-
 def as_noise_level_batch(noise_level, batch: int, device=None) -> torch.Tensor:
     """Broadcast a float or [N] tensor of noise levels to a float64 tensor of shape [N]."""
     s = torch.as_tensor(noise_level, dtype=torch.float64, device=device)

@@ -19,6 +19,16 @@ def gamma_of_noise_level(noise_level: float) -> float:
     return 2 * math.log(noise_level)
 
 
+def eta_to_gamma(eta: float, gamma_0: float, gamma_1: float) -> float:
+    """The merged clock's gamma at eta: gamma_eta = gamma_0 + eta (gamma_1 - gamma_0) (Eq. 14)."""
+    return gamma_0 + eta * (gamma_1 - gamma_0)
+
+
+def gamma_to_eta(gamma: float, gamma_0: float, gamma_1: float) -> float:
+    """The eta at which the merged clock reaches `gamma` (the inverse of eta_to_gamma)."""
+    return (gamma - gamma_0) / (gamma_1 - gamma_0)
+
+
 def feasible_etas(gamma_ranges: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """For experts with these gamma ranges (low to high noise), the feasible (eta_lo, eta_hi) of each switch."""
     ranges = [(float(lo), float(hi)) for lo, hi in gamma_ranges]

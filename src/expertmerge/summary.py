@@ -10,6 +10,7 @@ for the quality expert and eta = 1 for the likelihood expert.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from .tables import check_records, is_merged, nll_summary, short_label, vlb_summary
@@ -103,3 +104,22 @@ def claims_markdown(table: pd.DataFrame) -> str:
     lines = ["| claim | measured | holds |", "|---|---|---|"]
     lines += [f"| {r.claim} | {r.measured} | {'yes' if r.holds else '**no**'} |" for r in table.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def profile_markdown(profile: pd.DataFrame, step: float = 2.0) -> str:
+    """Each expert's L(gamma) (a `loss-profile` CSV) at grid points about `step` apart, and the gammas
+    (and etas, Eq. 14) where the two curves cross."""
+    from .loss_profile import crossings
+
+    wide = profile.pivot_table(index="gamma", columns="role", values="loss").sort_index()
+    names = profile.drop_duplicates("role").set_index("role")["expert"]
+    gamma_0, gamma_1 = float(profile["gamma_0"].iloc[0]), float(profile["gamma_1"].iloc[0])
+    targets = np.arange(np.ceil(gamma_0), np.floor(gamma_1) + 1e-9, step)  # whole gammas `step` apart
+    shown = wide.iloc[sorted({int(np.abs(wide.index - target).argmin()) for target in targets})]  # nearest grid points
+    cell = lambda v: "–" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
+    lines = ["| γ | " + " | ".join(f"{g:.1f}" for g in shown.index) + " |", "|---" * (len(shown) + 1) + "|"]
+    for role in ("quality", "likelihood"):
+        lines.append(f"| {names[role].upper()} | " + " | ".join(cell(v) for v in shown[role]) + " |")
+    found = crossings(wide.index, wide["quality"], wide["likelihood"])
+    where = ", ".join(f"γ = {g:.2f} (η = {(g - gamma_0) / (gamma_1 - gamma_0):.3f})" for g, _ in found)
+    return "\n".join(lines) + f"\n\nThe curves cross at {where or 'no measured gamma'}.\n"

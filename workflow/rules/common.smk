@@ -139,6 +139,11 @@ def shell_json(value):
 IMAGE_SHAPES = {"sklearn-digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
 
 
+def loss_profile_files(wildcards):
+    """The experiment's loss-profile CSV, if it configures one."""
+    return [f"results/{wildcards.experiment}/diagnostics/loss_profile.csv"] if "loss_profile" in experiment(wildcards) else []
+
+
 def experiment_targets(name):
     if not has_analysis(config["experiments"][name]):
         raise ValueError(f"experiment {name!r} configures no measurements (fid, etas, sampling, nll, vlb, figures)")

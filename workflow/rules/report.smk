@@ -73,6 +73,7 @@ rule summary:
         nll=nll_files,
         vlb=vlb_files,
         fid=per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
+        profile=loss_profile_files,
     output:
         md=report("results/{experiment}/tables/summary.md", caption="../report/summary.rst", category="Tables",
                   subcategory="{experiment}"),
@@ -81,8 +82,11 @@ rule summary:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/summary.log",
+    params:
+        profile=lambda w, input: f"--profile {input.profile}" if input.profile else "",
     shell:
-        "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} --out {output.md} > {log} 2>&1"
+        "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.profile}"
+        " --out {output.md} > {log} 2>&1"
 
 
 rule figure_fixed_noise:

@@ -69,8 +69,9 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
         for column in columns:
             assert np.isfinite(table[column]).all(), table
         assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
-    summary = (tables / "summary.md").read_text()
-    assert summary.count("\n| ") == 1 + 5 + 1 + 7  # a header and a row per eta; a header and a row per claim
+    summary = (tables / "summary.md").read_text().split("\n\n")
+    rows = {title: table.count("\n") for title, table in zip(summary[::2], summary[1::2])}  # lines per table
+    assert list(rows.values()) == [1 + 5, 1 + 7, 1 + 5, 1 + 2], summary  # header, separator and a row per eta / claim / eta / expert
     assert len(pd.read_csv(tables / "summary.csv")) == 7
     for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile"):
         assert (finished_run / "results" / "digits" / "figures" / f"{name}.png").stat().st_size > 0

@@ -323,6 +323,8 @@ def cmd_summary(args):
     claims = summary.claims(frame, args.fid_budget)
     text = ("Results per switch level (NLL ± s.e. over test images, FID ± seed-group spread, VLB ± std over runs)"
             "\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims))
+    if all(f"vlb_{term}" in frame.columns for term in summary.VLB_TERMS):
+        text += "\nThe VLB by term (Eq. 6; bits/dim, mean over runs)\n\n" + summary.vlb_terms_markdown(frame)
     if args.profile:
         text += ("\nDenoising loss per dimension L(γ) on the validation images (the VLB integrand, Eq. 7)\n\n"
                  + summary.profile_markdown(pd.read_csv(args.profile)))

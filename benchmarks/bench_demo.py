@@ -2,10 +2,11 @@
 
 Usage: python benchmarks/bench_demo.py [--workdir DIR] [-- extra snakemake args]
 Runs in a fresh working directory (default: a temp dir with this repo's config.yaml), so it
-measures a cold run from nothing. Also prints the CPU time of all jobs, the share of it spent
-starting jobs (jobs x the median time of a process that only starts Python, imports torch and the
-package and loads both experts: what every job pays before its own work), and times a dry-run
-and a no-op re-run afterwards.
+measures a cold run from nothing. Also prints the CPU time of all jobs and an estimate of the share
+spent starting them: each job that runs a network pays what a process pays that only starts Python,
+imports torch and the package and loads both experts; each aggregation job (FID from features,
+tables, figures, the summary: no torch) what a process pays that imports the package, pandas and
+matplotlib (medians of 5). Times a dry-run and a no-op re-run afterwards.
 """
 import argparse
 import os
@@ -54,12 +55,19 @@ def run(command, cwd, env):
     return process.returncode, time.perf_counter() - start, peak, output
 
 
-def startup_seconds(workdir: Path, repeats: int = 5) -> float:
-    """Median wall time of a process that does what every job does before its work: start Python,
-    import torch and the package's commands, load the demo's two experts (one thread, as the jobs)."""
+TORCH_FREE_RULES = {"fid", "table1", "table2", "table4", "summary", "figure_tradeoff", "figure_fixed_noise",
+                    "figure_samples", "all"}
+TORCH_STARTUP = ("import torch; torch.set_num_threads(1); import expertmerge.cli, expertmerge.likelihood, "
+                 "expertmerge.sampling; from expertmerge.experts.checkpoint import load_expert; "
+                 "[load_expert(s) for s in {stems!r}]")
+PLAIN_STARTUP = "import expertmerge.cli, expertmerge.frechet, expertmerge.tables, expertmerge.figures"
+
+
+def startup_seconds(workdir: Path, code: str, repeats: int = 5) -> float:
+    """Median wall time of a process that runs `code`: what a job does before its own work (the demo's
+    expert checkpoints are formatted in as {stems})."""
     stems = sorted({str(path.with_suffix("")) for path in (workdir / "results").glob("*/experts/*/*.safetensors")})
-    code = ("import torch; torch.set_num_threads(1); import expertmerge.cli, expertmerge.likelihood, expertmerge.sampling;"
-            " from expertmerge.experts.checkpoint import load_expert; [load_expert(s) for s in %r]" % stems)
+    code = code.format(stems=stems)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -87,10 +95,13 @@ def main():
     cpu = usage.ru_utime + usage.ru_stime
     print(f"demo: wall {wall:.0f} s, peak RSS of the process tree {peak / 2**30:.2f} GiB, "
           f"{os.cpu_count()} CPUs, in {workdir}")
-    jobs = int(re.findall(r"(\d+) of \d+ steps \(100%\) done", output)[-1])
-    startup = startup_seconds(workdir)
-    print(f"CPU time of all jobs {cpu:.0f} s; {jobs} jobs x {startup:.2f} s start-up each = {jobs * startup:.0f} s "
-          f"({100 * jobs * startup / cpu:.0f}% of the CPU time)")
+    rules = re.findall(r"^(?:local)?rule (\w+):", output, flags=re.M)
+    light = sum(rule in TORCH_FREE_RULES for rule in rules)
+    heavy = len(rules) - light
+    torch_startup, plain_startup = startup_seconds(workdir, TORCH_STARTUP), startup_seconds(workdir, PLAIN_STARTUP)
+    total = heavy * torch_startup + light * plain_startup
+    print(f"CPU time of all jobs {cpu:.0f} s; start-up {total:.0f} s ({100 * total / cpu:.0f}%): {heavy} jobs x "
+          f"{torch_startup:.2f} s with torch and {light} aggregation jobs x {plain_startup:.2f} s without")
     for name, extra in (("dry-run (-n)", ["-n"]), ("no-op re-run", ["--cores", "all"])):
         code, wall, _, output = run([*snakemake, *extra], workdir, env)
         print(f"{name}: {wall:.1f} s, exit {code}, {'nothing to do' if 'Nothing to be done' in output else 'had work'}")

@@ -6,8 +6,8 @@ Usage: python benchmarks/demo_expert_variants.py [--workdir DIR] [--variants NAM
 For each (quality, likelihood) pair it prints: the likelihood expert's best validation loss (bits/dim)
 and training time; the ODE NLL (bpd, truncated-normal dequantisation, on the first --nll-images test
 images) and the ODE-sampler FID (1000 samples, the demo's digit classifier) of each expert alone, of
-the switch at eta_min and at eta = 0.3 (the curves' crossing for the chosen variant). One thread per
-process, as the demo's jobs; about 2-5 minutes per expert trained. Trained experts are kept in the
+the switch at eta_min and at eta = 0.3 (the curves' crossing for the chosen variant). One thread, as
+the demo's jobs; about 2-5 minutes per expert trained, 20-60 s per variant measured. Trained experts are kept in the
 workdir, so a second call reuses them.
 """
 import argparse
@@ -27,17 +27,19 @@ from expertmerge.likelihood import ode_nll
 from expertmerge.sampling import sample_ode
 from expertmerge.training import train_expert
 
-BASE = dict(steps=5000, batch_size=128, lr=1e-3, ema_decay=0.999, eval_every=250, seed=0)
+BASE = dict(batch_size=128, lr=1e-3, ema_decay=0.999, eval_every=250, seed=0)
 PATCH2 = dict(patch=2, channels=(16, 32))
 PATCH1 = dict(patch=1, channels=(8, 16))
-EXPERTS = {  # name -> (family, network hyper-parameters)
-    "edm-patch2": ("edm", PATCH2),
-    "edm-patch1": ("edm", PATCH1),
-    "vdm-patch2": ("vdm", dict(PATCH2, fourier_exponents=())),        # the demo before this study
-    "vdm-patch2-f34": ("vdm", dict(PATCH2, fourier_exponents=(3, 4))),
-    "vdm-patch2-f345": ("vdm", dict(PATCH2, fourier_exponents=(3, 4, 5))),
-    "vdm-patch1-c16-f34": ("vdm", dict(patch=1, channels=(16, 32), fourier_exponents=(3, 4))),
-    "vdm-patch1-f34": ("vdm", dict(PATCH1, fourier_exponents=(3, 4))),
+EXPERTS = {  # name -> (family, network hyper-parameters, training steps)
+    "edm-patch2": ("edm", PATCH2, 5000),
+    "edm-patch1": ("edm", PATCH1, 5000),
+    "edm-patch1-4k": ("edm", PATCH1, 4000),
+    "vdm-patch2": ("vdm", dict(PATCH2, fourier_exponents=()), 5000),        # the demo before this study
+    "vdm-patch2-f34": ("vdm", dict(PATCH2, fourier_exponents=(3, 4)), 5000),
+    "vdm-patch2-f345": ("vdm", dict(PATCH2, fourier_exponents=(3, 4, 5)), 5000),
+    "vdm-patch1-c16-f34": ("vdm", dict(patch=1, channels=(16, 32), fourier_exponents=(3, 4)), 5000),
+    "vdm-patch1-f34": ("vdm", dict(PATCH1, fourier_exponents=(3, 4)), 5000),
+    "vdm-patch1-f34-4k": ("vdm", dict(PATCH1, fourier_exponents=(3, 4)), 4000),
 }
 VARIANTS = {  # name -> (quality expert, likelihood expert)
     "before": ("edm-patch2", "vdm-patch2"),
@@ -45,15 +47,16 @@ VARIANTS = {  # name -> (quality expert, likelihood expert)
     "fourier+5": ("edm-patch2", "vdm-patch2-f345"),
     "vdm-full-res-16": ("edm-patch2", "vdm-patch1-c16-f34"),
     "vdm-full-res": ("edm-patch2", "vdm-patch1-f34"),
-    "both-full-res": ("edm-patch1", "vdm-patch1-f34"),   # config.yaml's choice
+    "both-full-res": ("edm-patch1", "vdm-patch1-f34"),
+    "both-full-res-4k": ("edm-patch1-4k", "vdm-patch1-f34-4k"),   # config.yaml's choice
 }
 
 
 def trained(workdir: Path, name: str, splits) -> dict:
     stem = workdir / name
     if not stem.with_suffix(".json").exists():
-        family, network = EXPERTS[name]
-        train_expert(family, splits["train"], splits["val"], out_stem=stem, net=network, **BASE)
+        family, network, steps = EXPERTS[name]
+        train_expert(family, splits["train"], splits["val"], out_stem=stem, net=network, steps=steps, **BASE)
     return json.loads(stem.with_suffix(".json").read_text())["training"]
 
 

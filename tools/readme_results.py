@@ -31,7 +31,7 @@ def main():
     readme = REPO / "README.md"
     text = readme.read_text()
     readme_block(text)  # fails clearly if the markers are missing
-    header = f"{BEGIN}: generated from {args.results}/tables/summary.md by tools/readme_results.py -->\n"
+    header = f"{BEGIN}: results/digits/tables/summary.md of a demo run, copied by tools/readme_results.py -->\n"
     readme.write_text(BLOCK.sub(lambda _: header + summary + END, text))
     (REPO / "docs").mkdir(exist_ok=True)
     shutil.copy(args.results / "figures" / "loss_profile.png", REPO / "docs" / "loss_profile.png")

@@ -35,9 +35,10 @@ def test_block_has_a_row_per_configured_eta_and_every_claim_holds():
 
 @pytest.mark.skipif(not SUMMARY.exists(), reason="the demo has not been run in this checkout")
 def test_block_numbers_are_the_demos():
-    """Same words, and every number within float noise of the pipeline's (the demo is seeded, so a
-    re-run on this machine repeats it; the tolerance only absorbs last-digit rounding)."""
+    """Same words, and every number close to the pipeline's. The demo is seeded and repeats itself on one
+    machine; the tolerance absorbs what another CPU's float rounding can move (an adaptive solver's step
+    more or less is 6 NFE)."""
     ours, theirs = block(), SUMMARY.read_text()
     assert NUMBER.sub("#", ours) == NUMBER.sub("#", theirs), "README block and summary.md differ in text"
     for mine, measured in zip(NUMBER.findall(ours), NUMBER.findall(theirs)):
-        assert float(mine) == pytest.approx(float(measured), rel=0.02, abs=0.011), (mine, measured)
+        assert float(mine) == pytest.approx(float(measured), rel=0.05, abs=0.02), (mine, measured)

@@ -48,7 +48,8 @@ VARIANTS = {  # name -> (quality expert, likelihood expert)
     "vdm-full-res-16": ("edm-patch2", "vdm-patch1-c16-f34"),
     "vdm-full-res": ("edm-patch2", "vdm-patch1-f34"),
     "both-full-res": ("edm-patch1", "vdm-patch1-f34"),
-    "both-full-res-4k": ("edm-patch1-4k", "vdm-patch1-f34-4k"),   # config.yaml's choice
+    "both-full-res-4k": ("edm-patch1-4k", "vdm-patch1-f34-4k"),
+    "vdm-full-res-4k": ("edm-patch2", "vdm-patch1-f34-4k"),   # config.yaml's choice
 }
 
 

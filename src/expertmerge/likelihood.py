@@ -256,18 +256,25 @@ def reconstruction_nll(x: torch.Tensor, x0: torch.Tensor, s0: float, chunk: int 
     return torch.cat(out).reshape(x.shape[0], -1).sum(1)
 
 
-def diffusion_loss(expert, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                   indices: Sequence[int] | None = None) -> torch.Tensor:
-    """Continuous-time diffusion loss (Eq. 7) for the linear schedule on the expert's range, one t per row:
-    1/2 gamma'(t) ||eps - eps_hat||^2 with x_t = x + s_t eps and eps - eps_hat = (D(x_t; s_t) - x)/s_t."""
+def denoising_error(expert, x: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+                    indices: Sequence[int] | None = None) -> torch.Tensor:
+    """||eps - eps_hat||^2 = ||(D(x + s eps; s) - x)/s||^2 per image (float64 [N]), one noise level s per row:
+    the integrand of the diffusion loss (Eq. 7), summed over dimensions. `indices` name the rows in errors."""
     indices = list(range(x.shape[0])) if indices is None else indices
-    gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
-    s = gamma_to_noise_level(gamma_min + t.double() * (gamma_max - gamma_min))
     level = s.reshape(-1, *([1] * (x.ndim - 1)))
     with torch.no_grad():
         denoised = expert.denoise((x.double() + level * eps).float(), s)
     _raise_if_not_finite(denoised, indices, "the expert's output D(x; s)", s)
-    return 0.5 * (gamma_max - gamma_min) * ((denoised.double() - x.double()) / level).pow(2).flatten(1).sum(1)
+    return ((denoised.double() - x.double()) / level).pow(2).flatten(1).sum(1)
+
+
+def diffusion_loss(expert, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Continuous-time diffusion loss (Eq. 7) for the linear schedule on the expert's range, one t per row:
+    1/2 gamma'(t) ||eps - eps_hat||^2 with x_t = x + s_t eps."""
+    gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
+    s = gamma_to_noise_level(gamma_min + t.double() * (gamma_max - gamma_min))
+    return 0.5 * (gamma_max - gamma_min) * denoising_error(expert, x, s, eps, indices)
 
 
 def vlb(expert, images, *, seed: int = 0, seeds=None, batch_size: int = 64, device=None,

@@ -21,6 +21,7 @@ import torch
 
 from .experts.base import check_expert
 from .images import from_uint8
+from .likelihood import denoising_error
 from .seeding import per_image_draw, per_image_generators
 
 RANGE_SLACK = 1e-9  # grid ends computed in floating point may overshoot a range end by rounding
@@ -79,23 +80,14 @@ def loss_profile_of_data(expert, data: torch.Tensor, gammas, *, seeds=None, eval
         eps = per_image_draw(generators, lambda g: torch.randn((len(gammas), *x.shape[1:]), generator=g,
                                                                dtype=torch.float64), device)  # [B, G, C, H, W]
         loss = torch.full((len(x), len(gammas)), math.nan, dtype=torch.float64)
+        images = list(range(start, start + len(x)))
         for k in np.flatnonzero(evaluate):
-            loss[:, k] = denoising_loss(expert, x, float(gammas[k]), eps[:, k]).cpu()
+            s = torch.full((len(x),), math.exp(gammas[k] / 2), dtype=torch.float64, device=device)
+            loss[:, k] = (denoising_error(expert, x, s, eps[:, k], images) / x[0].numel()).cpu()  # per dimension
         rows.append(loss)
         if progress is not None:
             progress(start + len(x))
     return torch.cat(rows)
-
-
-def denoising_loss(expert, x: torch.Tensor, gamma: float, eps: torch.Tensor) -> torch.Tensor:
-    """||(D(x + s eps; s) - x)/s||^2 / dim per image (float64 [N]) at one gamma, s = exp(gamma/2)."""
-    s = math.exp(gamma / 2)
-    with torch.no_grad():
-        denoised = expert.denoise((x + s * eps).float(), s).double()
-    loss = ((denoised - x) / s).pow(2).flatten(1).mean(1)
-    if not bool(torch.isfinite(loss).all()):
-        raise FloatingPointError(f"the expert's output D(x; s) is not finite at gamma {gamma:.4g} (s = {s:.4g})")
-    return loss
 
 
 def mean_and_standard_error(loss) -> tuple[np.ndarray, np.ndarray]:

@@ -139,9 +139,13 @@ def shell_json(value):
 IMAGE_SHAPES = {"sklearn-digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
 
 
+def loss_profile_csv(name):
+    """An experiment's loss-profile CSV in a list, empty if it configures none."""
+    return [f"results/{name}/diagnostics/loss_profile.csv"] if "loss_profile" in config["experiments"][name] else []
+
+
 def loss_profile_files(wildcards):
-    """The experiment's loss-profile CSV, if it configures one."""
-    return [f"results/{wildcards.experiment}/diagnostics/loss_profile.csv"] if "loss_profile" in experiment(wildcards) else []
+    return loss_profile_csv(wildcards.experiment)
 
 
 def experiment_targets(name):
@@ -150,10 +154,9 @@ def experiment_targets(name):
     base = f"results/{name}"
     tables = [f"{base}/tables/table{k}.{ext}" for k in (1, 2, 4) for ext in ("csv", "md", "tex")]
     names = ["tradeoff", "fixed_noise", *(f"samples_{sampler}" for sampler in SAMPLERS)]
-    diagnostics = []
-    if "loss_profile" in config["experiments"][name]:
+    diagnostics = loss_profile_csv(name)
+    if diagnostics:
         names.append("loss_profile")
-        diagnostics.append(f"{base}/diagnostics/loss_profile.csv")
     figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
     summary = [f"{base}/tables/summary.md", f"{base}/tables/summary.csv"]
     return tables + summary + figures + diagnostics

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_experts.py [--threads 1 2] [--batch 1000] [--train-batch 128]
 
-For each family's default network (expertmerge.training.DEFAULTS), prints the parameter count,
+For each family's default network (expertmerge.train_expert.family_defaults), prints the parameter count,
 the time of one expert.denoise call on `--batch` 8x8 images (no grad, eval mode, median of 7),
 and the time of one full training step (loss, backward, AdamW, EMA) at `--train-batch`,
 median of 20 after 5 warm-up steps, for each thread count.
@@ -11,9 +11,10 @@ import argparse
 
 import torch
 
-from expertmerge.experts.checkpoint import build_network, family_constants, wrap_network
-from expertmerge.nets import count_parameters
-from expertmerge.training import EMA, family_loss, make_optimizer, make_config
+from expertmerge.experts.checkpoint import build_network, expert_constants, family_module, wrap_network
+from expertmerge.networks import count_parameters
+from expertmerge.optimization import EMA, make_optimizer
+from expertmerge.train_expert import make_config
 
 from timing import median_time  # benchmarks/timing.py
 
@@ -26,11 +27,11 @@ def main():
     args = parser.parse_args()
     for family in ("edm", "vdm"):
         config = make_config(family)
-        meta = dict(family_constants(family), net=config.net)
+        meta = dict(expert_constants(family), net=config.net)
         torch.manual_seed(0)
         net = build_network(meta)
         expert = wrap_network(meta, build_network(meta).eval().requires_grad_(False))
-        loss_fn, optimizer, ema = family_loss(family, meta), make_optimizer(net, config), EMA(net, config.ema_decay)
+        loss_fn, optimizer, ema = family_module(family).loss(meta), make_optimizer(net, config), EMA(net, config.ema_decay)
         x = torch.rand(args.batch, 1, 8, 8) * 2 - 1
         x_train = torch.rand(args.train_batch, 1, 8, 8) * 2 - 1
         generator = torch.Generator().manual_seed(0)

@@ -21,11 +21,11 @@ import torch
 from expertmerge import merge
 from expertmerge.datasets import load_digits_splits
 from expertmerge.experts.checkpoint import load_expert
-from expertmerge.fid import features, train_classifier
+from expertmerge.features import features, train_classifier
 from expertmerge.frechet import fid, statistics
 from expertmerge.likelihood import ode_nll
 from expertmerge.sampling import sample_ode
-from expertmerge.training import train_expert
+from expertmerge.train_expert import train_expert
 
 BASE = dict(batch_size=128, lr=1e-3, ema_decay=0.999, eval_every=250, seed=0)
 PATCH2 = dict(patch=2, channels=(16, 32))

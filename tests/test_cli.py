@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from expertmerge.datasets import load_digits_splits, save_splits
-from expertmerge.fid import save_classifier, train_classifier
-from expertmerge.noise import edm_gamma_range
-from expertmerge.training import train_expert
+from expertmerge.features import save_classifier, train_classifier
+from expertmerge.experts.registry import get_family
+from expertmerge.train_expert import train_expert
 
 BIN = Path(sys.executable).parent / "expertmerge"
 
@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     splits = load_digits_splits(seed=0, val_fraction=0.1, test_fraction=0.2)
     save_splits(root / "splits.npz", splits, {})
-    for family, (lo, hi) in (("edm", edm_gamma_range()), ("vdm", (-13.3, 5.0))):
+    for family, (lo, hi) in (("edm", get_family("edm").gamma_range), ("vdm", (-13.3, 5.0))):
         train_expert(family, splits["train"], splits["val"], out_stem=root / family, seed=0, steps=2, batch_size=8,
                      eval_every=1, val_repeats=1, gamma_min=lo, gamma_max=hi)
     save_classifier(root / "classifier", train_classifier(splits["train"], splits["train_labels"], steps=2))
@@ -100,16 +100,16 @@ def test_loss_profile_covers_each_expert_on_its_range_of_one_grid(tiny, tmp_path
                  "--split", "val", "--points", 12, "--seed", 3, "--batch-size", 64, "--threads", 1, "--out", out)
     assert result.returncode == 0, result.stderr
     profile = pd.read_csv(out)
-    gamma_0, gamma_1 = -13.3, edm_gamma_range()[1]
+    gamma_0, gamma_1 = -13.3, get_family("edm").gamma_range[1]
     grid = np.linspace(gamma_0, gamma_1, 12)
-    for role, (lo, hi) in (("quality", edm_gamma_range()), ("likelihood", (-13.3, 5.0))):
+    for role, (lo, hi) in (("quality", get_family("edm").gamma_range), ("likelihood", (-13.3, 5.0))):
         rows = profile[profile["role"] == role]
         assert np.allclose(rows["gamma"], grid[(grid >= lo - 1e-9) & (grid <= hi + 1e-9)], rtol=0, atol=1e-12)
         assert (rows["images"] == 180).all() and (rows["loss"] > 0).all() and (rows["standard_error"] > 0).all()
         assert np.allclose(rows[["gamma_min", "gamma_max"]], [lo, hi])
     assert set(profile["expert"]) == {"edm", "vdm"}
     assert np.allclose(profile[["gamma_0", "gamma_1"]], [gamma_0, gamma_1])
-    assert np.allclose(profile[["eta_min", "eta_max"]], [(edm_gamma_range()[0] - gamma_0) / (gamma_1 - gamma_0),
+    assert np.allclose(profile[["eta_min", "eta_max"]], [(get_family("edm").gamma_range[0] - gamma_0) / (gamma_1 - gamma_0),
                                                           (5.0 - gamma_0) / (gamma_1 - gamma_0)])
     figure = run("figure-loss-profile", "--profile", out, "--etas", 0.1, 0.5, "--out", tmp_path / "profile.png")
     assert figure.returncode == 0, figure.stderr

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from expertmerge.downloads import ChecksumError
-from expertmerge.experts.edm_pickle import ALLOWED_GLOBALS, RefusedGlobalError, read_edm_pickle, read_edm_snapshot
+from expertmerge.experts.edm_pickle import ALLOWED_GLOBALS, read_edm_pickle, read_edm_snapshot
+from expertmerge.safe_pickle import RefusedGlobalError
 
 ENV_FLAG = "EXPERTMERGE_TEST_EDM_SOURCE_RAN"
 

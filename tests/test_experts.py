@@ -6,7 +6,8 @@ import torch
 
 from expertmerge.experts import (EDMExpert, GaussianExpert, GaussianPathExpert, GaussianSchedule, VDMExpert,
                                  check_expert)
-from expertmerge.noise import (edm_gamma_range, gamma_to_noise_level, noise_level_to_gamma, vp_alpha_from_noise_level,
+from expertmerge.experts.registry import get_family
+from expertmerge.noise import (gamma_to_noise_level, noise_level_to_gamma, vp_alpha_from_noise_level,
                                vp_alpha_sigma)
 
 from conftest import gaussian_data
@@ -26,7 +27,7 @@ def posterior_mean(z, alpha, sigma):
 
 
 def test_noise_clock():
-    lo, hi = edm_gamma_range()
+    lo, hi = get_family("edm").gamma_range
     assert lo == pytest.approx(-12.4292, abs=1e-4) and hi == pytest.approx(8.7640, abs=1e-4)
     gamma = torch.linspace(-13.3, 8.764, 50, dtype=torch.float64)
     alpha, sigma = vp_alpha_sigma(gamma)
@@ -56,7 +57,7 @@ def test_edm_adapter(batch):
         return posterior_mean(x, torch.ones_like(sigma), sigma).float()
 
     expert = EDMExpert(edm_net)
-    assert (expert.gamma_min, expert.gamma_max) == pytest.approx(edm_gamma_range())
+    assert (expert.gamma_min, expert.gamma_max) == pytest.approx(get_family("edm").gamma_range)
     torch.testing.assert_close(expert.denoise(x, s), exact(x, s), rtol=0, atol=1e-5)
 
 

@@ -6,7 +6,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from expertmerge import fid as F, frechet
+from expertmerge import features as F, frechet
 
 
 @pytest.fixture(scope="module")

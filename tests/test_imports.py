@@ -10,11 +10,12 @@ import torch
 
 from expertmerge.downloads import ChecksumError
 from expertmerge.experts.checkpoint import load_expert
-from expertmerge.experts.imports import import_expert, vdm_architecture
+from expertmerge.experts.imports import import_expert
+from expertmerge.experts.vdm import vdm_architecture
 from expertmerge.experts.vdm import VDMExpert
 from expertmerge.networks.ddpmpp import VPPrecond
 from expertmerge.networks.vdm_unet import VDMUNet
-from expertmerge.noise import edm_gamma_range
+from expertmerge.experts.registry import get_family
 
 SMALL_DDPMPP = dict(img_resolution=8, img_channels=3, label_dim=0, augment_dim=9, model_channels=16,
                     channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.13, model_type="SongUNet",
@@ -53,7 +54,7 @@ def test_edm_pickle_becomes_an_expert_that_denoises_as_the_source(tmp_path, pers
     net = randomized(VPPrecond(**SMALL_DDPMPP), seed=0)
     checksum = nvlabs_pickle(tmp_path / "edm.pkl", net, dict(SMALL_DDPMPP, use_fp16=False),
                              persistence._reconstruct_persistent_obj, tmp_path / "executed")
-    gamma_min, gamma_max = edm_gamma_range()
+    gamma_min, gamma_max = get_family("edm").gamma_range
     meta = import_expert(tmp_path / "edm.pkl", "edm-pickle", tmp_path / "experts" / "edm", family="edm",
                          gamma_min=gamma_min, gamma_max=gamma_max, image_shape=(3, 8, 8), checksum=checksum)
     assert not (tmp_path / "executed").exists()

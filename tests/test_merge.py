@@ -6,7 +6,7 @@ import torch
 
 from expertmerge.experts import GaussianExpert
 from expertmerge.merge import blend, eta_range, switch, switch_many
-from expertmerge.noise import edm_gamma_range
+from expertmerge.experts.registry import get_family
 
 from conftest import Spy, gaussian_data
 
@@ -16,7 +16,7 @@ def expert_on(gamma_min, gamma_max):
     return GaussianExpert(mean, cov, gamma_min, gamma_max)
 
 
-QUALITY = expert_on(*edm_gamma_range())   # EDM's range
+QUALITY = expert_on(*get_family("edm").gamma_range)   # EDM's range
 LIKELIHOOD = expert_on(-13.3, 5.0)        # VDM's range
 
 
@@ -58,7 +58,7 @@ def test_switch_range_and_ownership():
 
 
 def test_blend_is_convex_and_local():
-    shifted = GaussianExpert(QUALITY.mean + 1.0, QUALITY.cov, *edm_gamma_range())
+    shifted = GaussianExpert(QUALITY.mean + 1.0, QUALITY.cov, *get_family("edm").gamma_range)
     quality, likelihood = Spy(shifted), Spy(LIKELIHOOD)
     blended = blend(quality, likelihood, 0.5, window=2.0)
     centre = -13.3 + 0.5 * (QUALITY.gamma_max + 13.3)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import persistence_module
 from PIL import Image
-from test_image_datasets import write_cifar_tarball
+from test_datasets import write_cifar_tarball
+from test_features import _StandIn
 from test_imports import SMALL_DDPMPP, nvlabs_pickle, randomized
-from test_inception import _StandIn
 from test_pipeline import BASE, planned_jobs, snakemake, write_config
 
 from expertmerge.networks.ddpmpp import VPPrecond

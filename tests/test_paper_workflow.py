@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import persistence_module
-from test_image_datasets import write_cifar_tarball
+from test_datasets import write_cifar_tarball
 from test_imports import SMALL_DDPMPP, nvlabs_pickle, randomized
 from test_pipeline import BASE, REPO, planned_jobs, snakemake, write_config
 

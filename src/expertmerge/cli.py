@@ -9,6 +9,7 @@ import logging
 import sys
 
 from . import commands
+from .experts.registry import family_names, import_formats
 
 log = logging.getLogger("expertmerge")
 
@@ -107,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("import-expert", commands.cmd_import_expert, "convert an expert made elsewhere into an expert checkpoint",
                   "checkpoint stem")
     sub.add_argument("--input", required=True, help="the file (or, for --format expertmerge, the checkpoint stem)")
-    sub.add_argument("--format", choices=["edm-pickle", "vdm-checkpoint", "expertmerge"], required=True)
-    sub.add_argument("--family", choices=["edm", "vdm"], required=True)
+    sub.add_argument("--format", choices=import_formats(), required=True)
+    sub.add_argument("--family", choices=family_names(), required=True)
     sub.add_argument("--gamma-min", type=float, required=True)
     sub.add_argument("--gamma-max", type=float, required=True)
     sub.add_argument("--image-shape", type=int, nargs=3, metavar=("C", "H", "W"))
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("train-recipe", commands.cmd_train_recipe, "train a paper-scale expert (resumable; --gpus > 1 uses torchrun)",
                   "checkpoint stem")
     sub.add_argument("--recipe", required=True, help="vdm-cifar10, vdm-imagenet32 or edm-imagenet32")
-    sub.add_argument("--family", choices=["edm", "vdm"], required=True, help="checked against the recipe")
+    sub.add_argument("--family", choices=family_names(), required=True, help="checked against the recipe")
     sub.add_argument("--gamma-min", type=float, required=True, help="checked against the recipe")
     sub.add_argument("--gamma-max", type=float, required=True)
     sub.add_argument("--data", required=True, help="splits .npz")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--network", type=json_object, default=None, help="JSON overriding network hyper-parameters")
 
     sub = command("train-expert", commands.cmd_train_expert, "train an expert (EDM loss or VDM ELBO)", "checkpoint stem")
-    sub.add_argument("--family", choices=["edm", "vdm"], required=True)
+    sub.add_argument("--family", choices=family_names(), required=True)
     sub.add_argument("--data", required=True, help="splits .npz from `expertmerge dataset`")
     sub.add_argument("--gamma-min", type=float, required=True)
     sub.add_argument("--gamma-max", type=float, required=True)

@@ -28,9 +28,8 @@ class Progress:
 def cmd_dataset(args):
     from pathlib import Path
 
-    from .datasets import load_digits_splits, save_splits
+    from .datasets import load_digits_splits, read_image_dataset, save_splits
     from .downloads import verify_file
-    from .image_datasets import read_image_dataset
 
     files, checksums = dict(args.file), dict(args.checksum)
     if args.source == "sklearn-digits":
@@ -70,7 +69,8 @@ def cmd_train_recipe(args):
 
     from .datasets import load_splits
     from .pipeline import check_recipe
-    from .trainer import get_recipe, train
+    from .recipes import get_recipe
+    from .train_recipe import train
 
     recipe = get_recipe(args.recipe)
     check_recipe(args.recipe, args.family, (args.gamma_min, args.gamma_max))
@@ -88,7 +88,7 @@ def cmd_train_recipe(args):
 
 def cmd_train_expert(args):
     from .datasets import load_splits
-    from .training import train_expert
+    from .train_expert import train_expert
 
     splits = load_splits(args.data)
     net = {key: tuple(value) if isinstance(value, list) else value for key, value in args.network.items()}
@@ -99,7 +99,7 @@ def cmd_train_expert(args):
 
 def cmd_train_classifier(args):
     from .datasets import load_splits
-    from .fid import accuracy, save_classifier, train_classifier
+    from .features import accuracy, save_classifier, train_classifier
 
     splits = load_splits(args.data)
     model = train_classifier(splits["train"], splits["train_labels"], splits["val"], splits["val_labels"],
@@ -112,7 +112,7 @@ def cmd_train_classifier(args):
 def cmd_reference_stats(args):
     from .datasets import load_splits
     from .devices import resolve_device
-    from .fid import load_feature_network
+    from .features import load_feature_network
     from .frechet import save_statistics, statistics
 
     network = load_feature_network(args.features_kind, args.features, resolve_device(args.device),
@@ -127,7 +127,7 @@ def cmd_sample(args):
     import numpy as np
 
     from .devices import resolve_device
-    from .fid import load_feature_network
+    from .features import load_feature_network
     from .pipeline import build_expert
     from .sampling import sample_ancestral, sample_heun, sample_ode
     from .shards import save_sample_shard

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
-from .ranges import eta_to_gamma, gamma_to_eta  # noqa: E402
+from .noise import linear_gamma, linear_gamma_time  # noqa: E402
 from .tables import SAMPLER_NAMES, check_records, is_merged, nll_summary, vlb_summary  # noqa: E402
 
 DPI = 100
@@ -173,15 +173,15 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
     if crossed:
         ax.plot(*zip(*crossed), "o", ms=7, mfc="white", mec="black", label="curves cross", zorder=3)
     for eta in etas:
-        ax.axvline(eta_to_gamma(eta, gamma_0, gamma_1), color="gray", alpha=0.3, linewidth=0.8)
+        ax.axvline(linear_gamma(eta, gamma_0, gamma_1), color="gray", alpha=0.3, linewidth=0.8)
     for eta, name in ((eta_min, "min"), (eta_max, "max")):
-        ax.axvline(eta_to_gamma(eta, gamma_0, gamma_1), color="gray", linestyle="--", linewidth=1)
-        ax.text(eta_to_gamma(eta, gamma_0, gamma_1), 0.02, f" η{name}", transform=ax.get_xaxis_transform(),
+        ax.axvline(linear_gamma(eta, gamma_0, gamma_1), color="gray", linestyle="--", linewidth=1)
+        ax.text(linear_gamma(eta, gamma_0, gamma_1), 0.02, f" η{name}", transform=ax.get_xaxis_transform(),
                 rotation=90, ha="right", va="bottom", fontsize=8, color="dimgray")
     ax.set(yscale="log", xlim=(gamma_0, gamma_1), xlabel="γ = log s² (negative log-SNR)",
            ylabel="L(γ) = E‖(D(x+sε; s) − x)/s‖² / dim")
-    top = ax.secondary_xaxis("top", functions=(lambda g: gamma_to_eta(g, gamma_0, gamma_1),
-                                               lambda eta: eta_to_gamma(eta, gamma_0, gamma_1)))
+    top = ax.secondary_xaxis("top", functions=(lambda g: linear_gamma_time(g, gamma_0, gamma_1),
+                                               lambda eta: linear_gamma(eta, gamma_0, gamma_1)))
     top.set_xlabel("switch level η", fontsize=9)
     if len(etas):
         top.set_xticks(list(etas), [f"{eta:g}" for eta in etas], fontsize=7)

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from .experts.base import Expert, broadcast_level, check_expert
-from .ranges import eta_to_gamma, feasible_etas
+from .noise import feasible_etas, linear_gamma
 
 
 def merged_range(experts: Sequence) -> tuple[float, float]:
@@ -80,7 +80,7 @@ def switch_many(experts: Sequence, etas: Sequence[float]) -> PiecewiseExpert:
         if not (math.isfinite(eta) and lo - 1e-12 <= eta <= hi + 1e-12):
             raise ValueError(f"switch level eta={eta!r} between expert {k} and {k + 1} is outside the feasible "
                              f"range [{lo:.4f}, {hi:.4f}] (Eq. 15, merged gamma range [{gamma_0:.4g}, {gamma_1:.4g}])")
-    return PiecewiseExpert(experts, [eta_to_gamma(eta, gamma_0, gamma_1) for eta in etas])
+    return PiecewiseExpert(experts, [linear_gamma(eta, gamma_0, gamma_1) for eta in etas])
 
 
 def switch(quality, likelihood, eta: float) -> PiecewiseExpert:
@@ -124,9 +124,9 @@ def blend(quality, likelihood, eta: float, window: float) -> BlendedExpert:
     if not (math.isfinite(window) and window > 0):
         raise ValueError(f"blend window must be a positive width in gamma, got {window!r}")
     eta = _as_eta(eta)
-    centre = eta_to_gamma(eta, gamma_0, gamma_1) if math.isfinite(eta) else math.nan
+    centre = linear_gamma(eta, gamma_0, gamma_1) if math.isfinite(eta) else math.nan
     g_lo, g_hi = centre - window / 2, centre + window / 2
-    if not (eta_to_gamma(lo, gamma_0, gamma_1) <= g_lo and g_hi <= eta_to_gamma(hi, gamma_0, gamma_1)):
+    if not (linear_gamma(lo, gamma_0, gamma_1) <= g_lo and g_hi <= linear_gamma(hi, gamma_0, gamma_1)):
         raise ValueError(f"blend window [{g_lo:.4g}, {g_hi:.4g}] around eta={eta!r} leaves the range where both "
                          f"experts are valid, eta in [{lo:.4f}, {hi:.4f}] (Eq. 15)")
     return BlendedExpert(likelihood, quality, g_lo, g_hi)

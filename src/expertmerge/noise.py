@@ -5,43 +5,53 @@ Dividing the state by alpha gives "VE coordinates" x = z/alpha = x0 + s*n with t
 noise level s = sigma/alpha = exp(gamma/2). Variance preserving (VP) paths have
 alpha^2 = sigmoid(-gamma) and sigma^2 = sigmoid(gamma).
 
-Functions accept floats or tensors; float64 is used wherever gamma reaches +-13,
-where float32 sigmoid/exp lose digits.
+Functions take floats or torch tensors. The module imports no torch, so that the workflow can
+check a config's ranges without it; float64 is used wherever gamma reaches +-13, where float32
+sigmoid/exp lose digits.
 """
 from __future__ import annotations
 
 import math
-
-import torch
-
-from .ranges import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, gamma_of_noise_level  # noqa: F401
-
-
-def _as_f64(value) -> torch.Tensor:
-    return torch.as_tensor(value, dtype=torch.float64)
+from collections.abc import Sequence
 
 
 def gamma_to_noise_level(gamma):
     """s = sigma/alpha = exp(gamma/2)."""
-    if isinstance(gamma, torch.Tensor):
-        return torch.exp(gamma / 2)
-    return math.exp(gamma / 2)
+    return (gamma / 2).exp() if hasattr(gamma, "exp") else math.exp(gamma / 2)
 
 
 def noise_level_to_gamma(noise_level):
     """gamma = 2 log s."""
-    if isinstance(noise_level, torch.Tensor):
-        return 2 * torch.log(noise_level)
-    return gamma_of_noise_level(noise_level)
+    return 2 * noise_level.log() if hasattr(noise_level, "log") else 2 * math.log(noise_level)
+
+
+def gamma_range(noise_range: dict) -> tuple[float, float]:
+    """A noise range as config.yaml and the family registry write it, {sigma_min, sigma_max} or
+    {gamma_min, gamma_max}, as (gamma_min, gamma_max)."""
+    if "sigma_min" in noise_range:
+        return noise_level_to_gamma(noise_range["sigma_min"]), noise_level_to_gamma(noise_range["sigma_max"])
+    return float(noise_range["gamma_min"]), float(noise_range["gamma_max"])
+
+
+def linear_gamma(t, gamma_0: float, gamma_1: float):
+    """gamma_0 + t (gamma_1 - gamma_0): the merged clock at eta = t (Eq. 14) and VDM's linear schedule."""
+    return gamma_0 + t * (gamma_1 - gamma_0)
+
+
+def linear_gamma_time(gamma, gamma_0: float, gamma_1: float):
+    """The t at which `linear_gamma` reaches gamma (its inverse)."""
+    return (gamma - gamma_0) / (gamma_1 - gamma_0)
 
 
 def vp_alpha_sigma(gamma):
-    """VP (alpha, sigma) at gamma: alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma)."""
-    g = _as_f64(gamma)
-    alpha, sigma = torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
-    if isinstance(gamma, torch.Tensor):
-        return alpha, sigma
-    return alpha.item(), sigma.item()
+    """VP (alpha, sigma) at gamma, in float64: alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma)."""
+    if hasattr(gamma, "double"):
+        g = gamma.double()
+        return (-g).sigmoid().sqrt(), g.sigmoid().sqrt()
+    import torch  # a float: torch's float64 sigmoid, so floats and tensors agree to the last digit
+
+    g = torch.tensor(float(gamma), dtype=torch.float64)
+    return (-g).sigmoid().sqrt().item(), g.sigmoid().sqrt().item()
 
 
 def vp_alpha_from_noise_level(noise_level):
@@ -49,16 +59,19 @@ def vp_alpha_from_noise_level(noise_level):
     return (1 + noise_level**2) ** -0.5
 
 
-def edm_gamma_range(sigma_min: float = EDM_SIGMA_MIN, sigma_max: float = EDM_SIGMA_MAX):
-    """EDM's sigma range as gamma: (2 log 0.002, 2 log 80) = (-12.43, 8.764)."""
-    return noise_level_to_gamma(sigma_min), noise_level_to_gamma(sigma_max)
-
-
-def as_noise_level_batch(noise_level, batch: int, device=None) -> torch.Tensor:
-    """Broadcast a float or [N] tensor of noise levels to a float64 tensor of shape [N]."""
-    s = torch.as_tensor(noise_level, dtype=torch.float64, device=device)
-    if s.ndim == 0:
-        s = s.expand(batch)
-    if s.shape != (batch,):
-        raise ValueError(f"noise level must be a float or a tensor of shape [{batch}], got shape {tuple(s.shape)}")
-    return s
+def feasible_etas(gamma_ranges: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """For experts with these gamma ranges (low to high noise), the feasible (eta_lo, eta_hi) of each switch (Eq. 15)."""
+    ranges = [(float(lo), float(hi)) for lo, hi in gamma_ranges]
+    gamma_0, gamma_1 = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+    describe = ", ".join(f"[{lo:.4g}, {hi:.4g}]" for lo, hi in ranges)
+    if ranges[0][0] > gamma_0 or ranges[-1][1] < gamma_1:
+        raise ValueError(f"cannot merge experts with gamma ranges {describe} (low to high noise): the "
+                         "lowest-noise expert must reach the lowest gamma and the highest-noise expert the highest")
+    feasible = []
+    for low, high in zip(ranges[:-1], ranges[1:]):
+        lo, hi = max(high[0], gamma_0), min(low[1], gamma_1)
+        if lo > hi:
+            raise ValueError(f"experts with gamma ranges [{low[0]:.4g}, {low[1]:.4g}] and [{high[0]:.4g}, "
+                             f"{high[1]:.4g}] do not overlap: no switch level is feasible")
+        feasible.append((linear_gamma_time(lo, gamma_0, gamma_1), linear_gamma_time(hi, gamma_0, gamma_1)))
+    return feasible

@@ -11,7 +11,8 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from .ranges import EDM_SIGMA_MAX, EDM_SIGMA_MIN, VDM_GAMMA_MAX, VDM_GAMMA_MIN, feasible_etas, gamma_of_noise_level
+from .experts.registry import get_family
+from .noise import feasible_etas, gamma_range
 
 RANGE_LABELS = ("eta_min", "eta_max")
 
@@ -34,13 +35,6 @@ class EtaChoice:
         return {"eta_label": self.label, "eta": self.plot_position,
                 "switch_eta": self.eta,  # None (JSON null, CSV empty) for a baseline
                 "gamma_min": self.gamma_min, "gamma_max": self.gamma_max}
-
-
-def gamma_range(noise_range: dict) -> tuple[float, float]:
-    """A config noise range, {sigma_min, sigma_max} (EDM) or {gamma_min, gamma_max}, as gamma."""
-    if "sigma_min" in noise_range:
-        return gamma_of_noise_level(noise_range["sigma_min"]), gamma_of_noise_level(noise_range["sigma_max"])
-    return float(noise_range["gamma_min"]), float(noise_range["gamma_max"])
 
 
 def resolve_eta(label, expert_names: dict, eta_min: float, eta_max: float) -> EtaChoice:
@@ -94,18 +88,17 @@ def expert_stem(experiment_name: str, expert_name: str, spec: dict) -> str:
     return f"results/{experiment_name}/experts/{expert_source(spec)}/{expert_name}"
 
 
-def check_recipe(recipe: str, family: str, gamma_range) -> None:
+def check_recipe(recipe: str, family: str, expert_range) -> None:
     """A training recipe must exist, be of the expert's family and train on the expert's gamma range."""
     from .recipes import get_recipe
 
     recipe_family = get_recipe(recipe).family
     if recipe_family != family:
         raise ConfigError(f"recipe {recipe!r} trains a {recipe_family!r} expert, but the expert's family is {family!r}")
-    expected = ((gamma_of_noise_level(EDM_SIGMA_MIN), gamma_of_noise_level(EDM_SIGMA_MAX)) if family == "edm"
-                else (VDM_GAMMA_MIN, VDM_GAMMA_MAX))  # the family's default range, which the trainer uses
-    if any(abs(a - b) > 1e-9 for a, b in zip(gamma_range, expected)):
+    expected = get_family(family).gamma_range  # the family's native range, which the trainer uses
+    if any(abs(a - b) > 1e-9 for a, b in zip(expert_range, expected)):
         raise ConfigError(f"recipe {recipe!r} trains on gamma [{expected[0]:.6g}, {expected[1]:.6g}] (the family's "
-                          f"default range); the expert's noise_range gives [{gamma_range[0]:.6g}, {gamma_range[1]:.6g}]")
+                          f"default range); the expert's noise_range gives [{expert_range[0]:.6g}, {expert_range[1]:.6g}]")
 
 
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
@@ -154,7 +147,9 @@ def has_analysis(experiment: dict) -> bool:
 
 
 ANALYSIS_SECTIONS = ("fid", "etas", "sampling", "nll", "vlb", "figures")
+# What each data source (config.yaml's data.source) holds: its splits, and the shape (C, H, W) of its images.
 DATA_SPLITS = {"sklearn-digits": ("train", "val", "test"), "cifar10": ("train", "test"), "imagenet32": ("train", "test")}
+IMAGE_SHAPES = {"sklearn-digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
 
 
 def check_config(config: dict) -> None:

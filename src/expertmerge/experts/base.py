@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..noise import as_noise_level_batch, gamma_to_noise_level
+from ..noise import gamma_to_noise_level
 
 
 def check_expert(expert, name: str = "expert"):
@@ -28,6 +28,16 @@ def check_expert(expert, name: str = "expert"):
         raise ValueError(f"{name} has an invalid gamma range [{gamma_min}, {gamma_max}]; "
                          "need finite gamma_min < gamma_max")
     return expert
+
+
+def as_noise_level_batch(noise_level, batch: int, device=None) -> torch.Tensor:
+    """Broadcast a float or [N] tensor of noise levels to a float64 tensor of shape [N]."""
+    s = torch.as_tensor(noise_level, dtype=torch.float64, device=device)
+    if s.ndim == 0:
+        s = s.expand(batch)
+    if s.shape != (batch,):
+        raise ValueError(f"noise level must be a float or a tensor of shape [{batch}], got shape {tuple(s.shape)}")
+    return s
 
 
 def check_denoise_input(x, noise_level):
@@ -49,6 +59,10 @@ class Expert:
 
     gamma_min: float
     gamma_max: float
+
+    def __init__(self, net, gamma_min: float, gamma_max: float):
+        """An expert around a network `net`, valid on [gamma_min, gamma_max]."""
+        self.net, self.gamma_min, self.gamma_max = net, float(gamma_min), float(gamma_max)
 
     def denoise(self, x: torch.Tensor, noise_level) -> torch.Tensor:
         s = check_denoise_input(x, noise_level)

@@ -5,7 +5,8 @@ where every network class is a `torch_utils.persistence` class: unpickling calls
 `_reconstruct_persistent_obj(meta)`, which `exec`s the module source stored in `meta['module_src']`.
 A plain `pickle.load` would run that source, and any callable a tampered file names. Here the
 unpickler's `find_class` is the only way a pickle can reach a callable, and it answers only the
-globals in `ALLOWED_GLOBALS`, each mapped to a function of this module or to a data type:
+globals in `ALLOWED_GLOBALS` (the unpickler is an `expertmerge.safe_pickle.Unpickler` with that
+allow-list), each mapped to a function of this module or to a data type:
 
 * the persistence hook and `torch.nn.ModuleDict` become `PickledObject` records of the class name
   and the pickled `__dict__`; the module source is dropped unread;
@@ -14,9 +15,9 @@ globals in `ALLOWED_GLOBALS`, each mapped to a function of this module or to a d
   format), with their bounds checked; `requires_grad` and hooks are dropped;
 * `OrderedDict`, `numpy.dtype` (from a string) and numpy scalars of non-object dtypes are data.
 
-Every other global raises `RefusedGlobalError`. The remaining pickle opcodes only build lists,
-dicts, tuples, strings and numbers, or call what `find_class` returned (and BUILD calls
-`__setstate__` of objects made that way), so nothing from the file can run.
+Every other global raises `RefusedGlobalError` (of `safe_pickle`). The remaining pickle opcodes
+only build lists, dicts, tuples, strings and numbers, or call what `find_class` returned (and
+BUILD calls `__setstate__` of objects made that way), so nothing from the file can run.
 """
 from __future__ import annotations
 
@@ -30,21 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import safe_pickle
 from ..downloads import ChecksumError
 
 try:
     from numpy._core.multiarray import scalar as _np_scalar
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import scalar as _np_scalar
-
-
-class RefusedGlobalError(pickle.UnpicklingError):
-    """The pickle names a global (class or function) that an EDM network pickle does not need."""
-
-    def __init__(self, module: str, name: str):
-        self.global_name = f"{module}.{name}"
-        allowed = ", ".join(sorted(f"{m}.{n}" for m, n in ALLOWED_GLOBALS))
-        super().__init__(f"refused global {self.global_name!r} in EDM pickle; allowed are: {allowed}")
 
 
 class PickledObject:
@@ -134,12 +127,8 @@ ALLOWED_GLOBALS = {
 }
 
 
-class _EDMUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise RefusedGlobalError(module, name) from None
+class _EDMUnpickler(safe_pickle.Unpickler):
+    allowed, kind = ALLOWED_GLOBALS, "an EDM network pickle"
 
 
 def _load(file) -> dict:

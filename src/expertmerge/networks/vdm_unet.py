@@ -19,8 +19,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..noise import VDM_GAMMA_MAX, VDM_GAMMA_MIN
-
 # Architectures of the paper's VDM experts (App. A): CIFAR-10 with 128 channels, ImageNet32 with 256.
 VDM_PRESETS = {
     "cifar10": dict(embedding_dim=128),
@@ -45,8 +43,8 @@ class VDMUNet(nn.Module):
         input_channels: int = 3,
         use_fourier_features: bool = True,
         attention_everywhere: bool = False,
-        gamma_min: float = VDM_GAMMA_MIN,
-        gamma_max: float = VDM_GAMMA_MAX,
+        gamma_min: float = -13.3,  # VDM's fixed linear schedule (the vdm family's native range)
+        gamma_max: float = 5.0,
     ):
         super().__init__()
         if not gamma_min < gamma_max:

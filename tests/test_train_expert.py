@@ -6,10 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from expertmerge.experts.checkpoint import build_network, family_constants, load_expert, save_expert
-from expertmerge.experts.edm import EDMPrecond
-from expertmerge.nets import SmallUNet
-from expertmerge.training import DEFAULTS, EMA, edm_loss, make_config, train_expert, vdm_loss
+from expertmerge.experts.checkpoint import build_network, expert_constants, load_expert, save_expert
+from expertmerge.experts.edm import EDMPrecond, edm_loss
+from expertmerge.networks.small_unet import SmallUNet
+from expertmerge.experts.vdm import vdm_loss
+from expertmerge.optimization import EMA
+from expertmerge.train_expert import family_defaults, make_config, train_expert
 
 TINY_NET = dict(channels=(8, 16), emb_channels=16)
 
@@ -154,7 +156,7 @@ def test_small_unet_outputs_do_not_depend_on_the_batch():
 
 @pytest.mark.parametrize("family", ["edm", "vdm"])
 def test_checkpoint_round_trip_gives_identical_denoiser(tmp_path, family):
-    meta = dict(family_constants(family), net=dict(TINY_NET, fourier_exponents=(6, 7) if family == "vdm" else ()),
+    meta = dict(expert_constants(family), net=dict(TINY_NET, fourier_exponents=(6, 7) if family == "vdm" else ()),
                 training=dict(steps=3))
     net = randomised(build_network(meta))
     path = save_expert(tmp_path / "expert", net, meta)
@@ -177,7 +179,7 @@ def test_checkpoint_round_trip_gives_identical_denoiser(tmp_path, family):
 
 
 def test_checkpoint_errors_are_clear(tmp_path):
-    meta = dict(family_constants("edm"), net=TINY_NET)
+    meta = dict(expert_constants("edm"), net=TINY_NET)
     net = build_network(meta)
     with pytest.raises(ValueError, match="unknown expert family 'ddpm'"):
         save_expert(tmp_path / "x", net, dict(meta, family="ddpm"))
@@ -203,8 +205,8 @@ def test_checkpoint_errors_are_clear(tmp_path):
 def test_make_config_merges_overrides_and_rejects_unknown_names():
     config = make_config("vdm", steps=7, net=dict(channels=(8, 16)))
     assert config.steps == 7 and config.net["channels"] == (8, 16)
-    assert config.net["fourier_exponents"] == DEFAULTS["vdm"].net["fourier_exponents"]
-    assert make_config("edm").lr == DEFAULTS["edm"].lr
+    assert config.net["fourier_exponents"] == family_defaults("vdm").net["fourier_exponents"]
+    assert make_config("edm").lr == family_defaults("edm").lr
     with pytest.raises(ValueError, match="unknown training hyper-parameters"):
         make_config("edm", learning_rate=1.0)
     with pytest.raises(ValueError, match="steps must be a positive integer"):

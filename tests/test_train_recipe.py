@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from expertmerge.experts.checkpoint import load_expert
-from expertmerge.trainer import (CHECKPOINT_NAME, META_NAME, RECIPES, WEIGHTS_NAME, batch_indices, build_network,
-                                 get_recipe, train)
+from expertmerge.experts.checkpoint import build_network, load_expert
+from expertmerge.recipes import RECIPES, get_recipe
+from expertmerge.train_recipe import CHECKPOINT_NAME, META_NAME, WEIGHTS_NAME, batch_indices, expert_meta, train
 
 TINY = {
     "vdm": dataclasses.replace(RECIPES["vdm-cifar10"], network=dict(embedding_dim=16, n_blocks=1, norm_groups=4),
@@ -31,7 +31,7 @@ def test_one_step_of_each_full_size_recipe(name, tmp_path):
     print(f"{name}: one step at batch 2 with setup and saving: {time.perf_counter() - start:.1f} s")
     weights = load_file(tmp_path / WEIGHTS_NAME)
     recipe = RECIPES[name]
-    assert set(weights) == set(build_network(recipe).state_dict())
+    assert set(weights) == set(build_network(expert_meta(recipe)).state_dict())
     written = json.loads((tmp_path / META_NAME).read_text())
     assert {key: written[key] for key in meta} == json.loads(json.dumps(meta))
     expert = load_expert(tmp_path / WEIGHTS_NAME)  # the EMA weights are an expert checkpoint

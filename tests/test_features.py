@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from expertmerge import inception as I
+from expertmerge import features as F
 from expertmerge.downloads import ChecksumError, file_checksum
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|save|load)` is deprecated:FutureWarning")
@@ -61,17 +61,17 @@ def images():
 def test_url_matches_clean_fid():
     from cleanfid.downloads_helper import inception_url
 
-    assert I.INCEPTION_URL == inception_url
-    assert I.INCEPTION_URL.endswith("/" + I.INCEPTION_FILE)
+    assert F.INCEPTION_URL == inception_url
+    assert F.INCEPTION_URL.endswith("/" + F.INCEPTION_FILE)
 
 
 def test_features_shape_dtype_and_batch_size_invariance(weights, images):
-    model = I.load_inception(weights, checksum="sha256:" + file_checksum(weights))
-    feats = I.inception_features(model, images, batch_size=200)
+    model = F.load_inception(weights, checksum="sha256:" + file_checksum(weights))
+    feats = F.inception_features(model, images, batch_size=200)
     assert feats.shape == (7, 2048) and feats.dtype == np.float64 and np.isfinite(feats).all()
     calls = []
     for batch_size in (1, 3):
-        other = I.inception_features(model, images, batch_size=batch_size, progress=lambda d, t: calls.append((d, t)))
+        other = F.inception_features(model, images, batch_size=batch_size, progress=lambda d, t: calls.append((d, t)))
         np.testing.assert_allclose(other, feats, rtol=1e-6, atol=1e-6)
     assert calls[-1] == (7, 7) and len(calls) == 7 + 3
     assert not np.allclose(feats[0], feats[1])  # the stand-in does see the images
@@ -82,8 +82,8 @@ def test_network_input_matches_clean_fid_pipeline(weights, images, tmp_path):
     from cleanfid.fid import get_files_features
     from cleanfid.inception_torchscript import InceptionV3W
 
-    model = I.load_inception(weights)
-    ours = I.inception_features(model, images, batch_size=len(images))
+    model = F.load_inception(weights)
+    ours = F.inception_features(model, images, batch_size=len(images))
     seen = model.base.seen
     # clean-fid's legacy_tensorflow mode feeds float32 NCHW 0..255 at the original size; the network resizes.
     assert seen.dtype == torch.float32 and tuple(seen.shape) == (7, 3, 32, 32)
@@ -92,7 +92,7 @@ def test_network_input_matches_clean_fid_pipeline(weights, images, tmp_path):
     # clean-fid end to end: .npy image files -> ResizeDataset(mode) -> InceptionV3W(resize_inside=True).
     folder = tmp_path / "weights"
     folder.mkdir()
-    (folder / I.INCEPTION_FILE).symlink_to(weights)
+    (folder / F.INCEPTION_FILE).symlink_to(weights)
     reference = InceptionV3W(str(folder), download=False, resize_inside=True).eval()
     files = []
     for k, image in enumerate(images):
@@ -105,30 +105,30 @@ def test_network_input_matches_clean_fid_pipeline(weights, images, tmp_path):
 
 
 def test_grayscale_images_are_repeated_to_rgb(weights, images):
-    model = I.load_inception(weights)
+    model = F.load_inception(weights)
     gray = images[..., :1]
-    np.testing.assert_array_equal(I.inception_features(model, gray), I.inception_features(model, np.repeat(gray, 3, -1)))
+    np.testing.assert_array_equal(F.inception_features(model, gray), F.inception_features(model, np.repeat(gray, 3, -1)))
 
 
 def test_wrong_checksum_raises_before_loading(weights, monkeypatch):
     def no_load(*args, **kwargs):
         raise AssertionError("the network must not be loaded when the checksum is wrong")
 
-    monkeypatch.setattr(I, "_clean_fid_network", no_load)
+    monkeypatch.setattr(F, "_clean_fid_network", no_load)
     with pytest.raises(ChecksumError, match="my-inception.pt"):
-        I.load_inception(weights, checksum="sha256:" + "0" * 64)
+        F.load_inception(weights, checksum="sha256:" + "0" * 64)
 
 
 def test_missing_file_names_the_path_and_source(tmp_path):
-    missing = tmp_path / "nowhere" / I.INCEPTION_FILE
+    missing = tmp_path / "nowhere" / F.INCEPTION_FILE
     with pytest.raises(FileNotFoundError) as error:
-        I.load_inception(missing, checksum="sha256:" + "0" * 64)
-    assert str(missing) in str(error.value) and I.INCEPTION_URL in str(error.value)
+        F.load_inception(missing, checksum="sha256:" + "0" * 64)
+    assert str(missing) in str(error.value) and F.INCEPTION_URL in str(error.value)
 
 
 def test_file_with_the_standard_name_loads_in_place(weights, images, tmp_path):
-    standard = tmp_path / I.INCEPTION_FILE
+    standard = tmp_path / F.INCEPTION_FILE
     standard.write_bytes(weights.read_bytes())
-    a = I.inception_features(I.load_inception(standard), images)
-    b = I.inception_features(I.load_inception(weights), images)
+    a = F.inception_features(F.load_inception(standard), images)
+    b = F.inception_features(F.load_inception(weights), images)
     np.testing.assert_array_equal(a, b)

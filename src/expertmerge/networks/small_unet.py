@@ -1,11 +1,11 @@
-"""A small U-Net for 8x8 images, in the style of NVlabs' networks.py (SongUNet, DDPM++).
+"""A small U-Net for 8x8 images (the demo's experts), in the style of NVlabs' networks.py (SongUNet, DDPM++).
 
 `SmallUNet(x, noise_labels)` maps an image batch and one noise label per image to an image
 batch. It knows nothing about noise schedules: the caller decides what the label is
 (EDM feeds c_noise = ln(sigma)/4; VDM feeds gamma, normalised by `label_offset` and
 `label_scale` to (gamma - gamma_min)/(gamma_max - gamma_min) * 1000 as VDM does).
 Only per-image layers (GroupNorm, no BatchNorm), so an image's output does not depend on
-the rest of its batch.
+the rest of its batch. Its GroupNorm and noise embedding are DDPM++'s (`ddpmpp`).
 """
 from __future__ import annotations
 
@@ -15,27 +15,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .ddpmpp import GroupNorm, PositionalEmbedding
 
-def group_norm(channels: int, max_groups: int = 32, min_channels_per_group: int = 4) -> nn.GroupNorm:
-    """GroupNorm with NVlabs' rule: up to 32 groups, at least 4 channels per group."""
+
+def group_norm(channels: int, max_groups: int = 32, min_channels_per_group: int = 4) -> GroupNorm:
+    """DDPM++'s GroupNorm (eps 1e-6) with NVlabs' rule, up to 32 groups and at least 4 channels per
+    group, made to fit any channel count: at least one group, and fewer until they divide `channels`
+    (NVlabs' min(32, C // 4) alone fails where it does not divide C; where it does, the two agree)."""
     groups = max(1, min(max_groups, channels // min_channels_per_group))
     while channels % groups:
         groups -= 1
-    return nn.GroupNorm(groups, channels, eps=1e-6)
-
-
-class PositionalEmbedding(nn.Module):
-    """Transformer sinusoidal embedding of a scalar label (NVlabs PositionalEmbedding)."""
-
-    def __init__(self, num_channels: int, max_positions: int = 10000):
-        super().__init__()
-        self.num_channels, self.max_positions = num_channels, max_positions
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        freqs = torch.arange(self.num_channels // 2, dtype=torch.float32, device=x.device)
-        freqs = (1 / self.max_positions) ** (freqs / (self.num_channels // 2))
-        x = x.to(torch.float32).ger(freqs)
-        return torch.cat([x.cos(), x.sin()], dim=1)
+    return GroupNorm(channels, num_groups=groups, min_channels_per_group=1, eps=1e-6)  # exactly `groups`
 
 
 def fourier_features(x: torch.Tensor, exponents: tuple[int, ...]) -> torch.Tensor:
@@ -105,7 +95,8 @@ class SmallUNet(nn.Module):
 
     def embedding(self, noise_labels: torch.Tensor, batch: int) -> torch.Tensor:
         labels = torch.as_tensor(noise_labels, dtype=torch.float32).reshape(-1).expand(batch)
-        emb = self.embed((labels - self.label_offset) * self.label_scale)
+        sin, cos = self.embed((labels - self.label_offset) * self.label_scale).chunk(2, dim=1)
+        emb = torch.cat([cos, sin], dim=1)  # SmallUNet's order (DDPM++ feeds [sin | cos])
         return F.silu(self.map1(F.silu(self.map0(emb))))
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor) -> torch.Tensor:
@@ -129,6 +120,3 @@ class SmallUNet(nn.Module):
             h = block(torch.cat([h, high.pop()], dim=1), emb)
         return F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), self.patch)
 
-
-def count_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())

@@ -1,4 +1,4 @@
-"""Resumable, multi-GPU training of the paper-scale experts (App. A of the merging paper).
+"""`expertmerge train-recipe`: resumable, multi-GPU training of the paper-scale experts (App. A of the merging paper).
 
 `train(recipe, images, out_dir)` trains one expert from a recipe in `RECIPES`:
 
@@ -23,7 +23,6 @@ world size, and a run killed and resumed from its checkpoint ends bit-identical 
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -34,40 +33,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .experts import checkpoint
-from .recipes import RECIPES, Recipe, get_recipe  # noqa: F401  (recipes live in a torch-free module)
-from .experts.checkpoint import family_constants
+from .experts.checkpoint import build_network, expert_constants, family_module, save_expert
 from .files import atomic_path
 from .images import from_uint8
-from .networks.ddpmpp import DDPMPP_PRESETS
-from .networks.vdm_unet import VDM_PRESETS
-from .training import EMA, edm_loss, make_optimizer, vdm_loss
+from .optimization import EMA, make_optimizer, optimizer_step, ramped_lr
+from .recipes import Recipe, get_recipe
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME, WEIGHTS_NAME, META_NAME = "training-state.pt", "ema.safetensors", "ema.json"
 
 
-def network_kwargs(recipe: Recipe, img_channels: int = 3) -> dict:
-    """The full hyper-parameters of the recipe's network (preset with the recipe's overrides)."""
-    if recipe.family == "vdm":
-        constants = family_constants("vdm")
-        return {**VDM_PRESETS[recipe.preset], "input_channels": img_channels, **recipe.network,
-                "gamma_min": constants["gamma_min"], "gamma_max": constants["gamma_max"]}
-    preset = {key: value for key, value in DDPMPP_PRESETS[recipe.preset].items() if key != "img_channels"}
-    return {**preset, "in_channels": img_channels, "out_channels": img_channels, **recipe.network}
-
-
 def expert_meta(recipe: Recipe, img_channels: int = 3) -> dict:
     """JSON fields that let a loader rebuild the expert: family, network, valid gamma range."""
-    constants = family_constants(recipe.family, **({"sigma_data": recipe.sigma_data} if recipe.family == "edm" else {}))
-    network = "VDMUNet" if recipe.family == "vdm" else "EDMPrecond(SongUNet)"
-    return dict(constants, network=network, preset=recipe.preset, net=network_kwargs(recipe, img_channels))
-
-
-def build_network(recipe: Recipe, img_channels: int = 3) -> torch.nn.Module:
-    """VDMUNet(z, gamma) -> eps_hat for VDM; EDMPrecond(SongUNet)(x, sigma) -> D for EDM."""
-    return checkpoint.build_network(expert_meta(recipe, img_channels))
+    return dict(expert_constants(recipe.family), preset=recipe.preset,
+                **family_module(recipe.family).recipe_network(recipe, img_channels))
 
 
 def seed_for(*keys: int) -> int:
@@ -136,7 +116,8 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
     run = json.loads(json.dumps(run))  # tuples as lists, as they come back from the checkpoint
 
     torch.manual_seed(seed_for(seed, 1))  # initial weights: the same on every rank
-    net = build_network(recipe, images.shape[3]).to(device).train()
+    meta = dict(expert_meta(recipe, images.shape[3]), image_shape=[images.shape[3], *images.shape[1:3]])  # C, H, W
+    net = build_network(meta).to(device).train()
     ema = EMA(net, recipe.ema_decay if recipe.ema_decay is not None else 0.5 ** (batch_size / recipe.ema_halflife_images),
               recipe.ema_rampup)
     optimizer = make_optimizer(net, recipe)
@@ -154,27 +135,18 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
             log.info("resuming %s from step %d of %d", checkpoint_path, start_step, steps)
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else net
-    if recipe.family == "edm":
-        loss_net, loss_fn = model, functools.partial(edm_loss, sigma_data=recipe.sigma_data)  # DDP hides attributes
-    else:
-        loss_net, loss_fn = model, vdm_loss
+    loss_fn = family_module(recipe.family).loss(meta)  # takes its constants from meta: DDP hides the net's attributes
     local = batch_size // world
     started, losses = time.perf_counter(), []
     for step in range(start_step, steps):
-        for group in optimizer.param_groups:  # NVlabs / optax: the ramp counts images seen before this step
-            group["lr"] = recipe.lr * min(step * batch_size / max(recipe.lr_rampup_images, 1e-8), 1.0)
         indices = batch_indices(len(images), batch_size, step, seed)[rank * local:(rank + 1) * local]
         x0 = from_uint8(images[indices]).to(device)
         torch.manual_seed(seed_for(seed, 2, step, rank))  # dropout
         generator = torch.Generator().manual_seed(seed_for(seed, 3, step, rank))  # noise levels and noise
-        loss = loss_fn(loss_net, x0, generator).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP averages the gradients over ranks
-        for p in net.parameters():  # as EDM: a non-finite gradient entry must not poison the weights
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-        optimizer.step()
-        ema.update(net, step)
+        loss = loss_fn(model, x0, generator).mean()
+        # NVlabs / optax: the ramp counts the images seen before this step
+        optimizer_step(net, optimizer, loss, lr=ramped_lr(recipe.lr, step * batch_size, recipe.lr_rampup_images),
+                       ema=ema, step=step)
         losses.append(loss.detach())
         done = step + 1
         if rank == 0 and (done % log_every == 0 or done == steps):
@@ -188,10 +160,9 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
                 _save_checkpoint(checkpoint_path, net, ema, optimizer, done, run)
             if world > 1:
                 torch.distributed.barrier()
-    meta = dict(expert_meta(recipe, images.shape[3]), image_shape=[images.shape[3], *images.shape[1:3]],  # C, H, W
-                training=dict(run, steps=max(steps, start_step), n_images=len(images)))
+    meta["training"] = dict(run, steps=max(steps, start_step), n_images=len(images))
     if rank == 0:
-        checkpoint.save_expert(expert_stem or out_dir / WEIGHTS_NAME, ema.net, meta)
+        save_expert(expert_stem or out_dir / WEIGHTS_NAME, ema.net, meta)
     if world > 1:
         torch.distributed.barrier()
     return meta

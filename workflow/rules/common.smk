@@ -1,10 +1,10 @@
-# Plumbing for the workflow's stages: config lookups, eta labels, shards and target lists.
+# Plumbing for the workflow's stages: config lookups, eta labels, shards and input/target file lists.
+# The rules' command-line arguments come from expertmerge.rule_arguments (config.yaml -> CLI flags).
 import re
 
-from expertmerge.downloads import UNPINNED
-from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_stem, gamma_range, has_analysis,
-                                  numeric_etas, runs_of_vlb_job, shard_ranges, unpinned_downloads, vlb_job_name,
-                                  vlb_job_runs)
+from expertmerge import rule_arguments
+from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_stem, has_analysis, shard_ranges,
+                                  unpinned_downloads, vlb_job_name, vlb_job_runs)
 
 check_config(config)
 for unpinned in unpinned_downloads(config):
@@ -49,17 +49,16 @@ def both_expert_files(wildcards):
     return [path for stem in stems for path in checkpoint_files(stem)]
 
 
-def experts_argument(wildcards):
-    """--quality/--likelihood arguments naming the checkpoint stems."""
-    names = expert_names(experiment(wildcards))
-    stems = {role: stem_of(wildcards.experiment, name) for role, name in names.items()}
-    return f"--quality {stems['quality']} --likelihood {stems['likelihood']}"
-
-
 def all_expert_files():
     """Every configured expert's checkpoint, of every experiment."""
     return [path for name, spec in config["experiments"].items() for expert in spec["experts"]
             for path in checkpoint_files(stem_of(name, expert))]
+
+
+def splits_file(wildcards):
+    """The experiment's splits .npz (the dataset rule's output). Rules hand it to rule_arguments from here:
+    a params function that reads `input` would be left out of Snakemake's params rerun trigger."""
+    return expand(rules.dataset.output.splits, experiment=wildcards.experiment)[0]
 
 
 def expert_spec(wildcards):
@@ -67,28 +66,12 @@ def expert_spec(wildcards):
 
 
 def download_path(name):
-    return f"{DOWNLOAD_DIR}/{name}"
-
-
-def pinned_checksum(name):
-    """A download's checksum, or None when config.yaml leaves it unpinned (then nothing is checked)."""
-    checksum = config["downloads"][name]["checksum"]
-    return None if checksum == UNPINNED else checksum
+    return rule_arguments.download_path(config, name)
 
 
 def data_files(wildcards):
     """{role: path} of the downloads a data set is read from (none for scikit-learn's digits)."""
     return {role: download_path(name) for role, name in experiment(wildcards)["data"].get("files", {}).items()}
-
-
-def dataset_arguments(wildcards, input):
-    data = experiment(wildcards)["data"]
-    if data["source"] == "sklearn-digits":
-        return (f"--seed {data['seed']} --val-fraction {data['val_fraction']}"
-                f" --test-fraction {data['test_fraction']}")
-    checksums = {role: pinned_checksum(name) for role, name in data["files"].items()}
-    return " ".join(f"--file {role}={input[role]}" + (f" --checksum {role}={checksums[role]}" if checksums[role] else "")
-                    for role in data["files"])
 
 
 def imported_file(wildcards):
@@ -99,44 +82,6 @@ def imported_file(wildcards):
     if spec["path"]["format"] == "expertmerge":
         return checkpoint_files(spec["path"]["path"])
     return [spec["path"]["path"]]
-
-
-def import_arguments(wildcards):
-    spec = expert_spec(wildcards)
-    source = spec.get("fetch") or spec["path"]
-    checksum = pinned_checksum(source["download"]) if "fetch" in spec else source.get("checksum")
-    low, high = gamma_range(spec["noise_range"])
-    image_shape = " ".join(map(str, IMAGE_SHAPES[experiment(wildcards)["data"]["source"]]))
-    arguments = [f"--input {spec['path']['path'] if 'path' in spec else download_path(source['download'])}",
-                 f"--format {source['format']} --family {spec['family']} --gamma-min {low} --gamma-max {high}",
-                 f"--image-shape {image_shape}"]
-    if checksum:
-        arguments.append(f"--checksum {checksum}")
-    if "network" in source:
-        arguments.append(f"--network {shell_json(source['network'])}")
-    return " ".join(arguments)
-
-
-def recipe_arguments(wildcards):
-    spec = expert_spec(wildcards)
-    recipe = spec["recipe"]
-    low, high = gamma_range(spec["noise_range"])
-    arguments = [f"--recipe {recipe['name']} --family {spec['family']} --gamma-min {low} --gamma-max {high}",
-                 f"--seed {recipe['seed']} --checkpoint-every {recipe['checkpoint_every']}",
-                 f"--log-every {recipe['log_every']}"]
-    arguments += [f"--{key.replace('_', '-')} {recipe[key]}" for key in ("max_steps", "batch_size") if key in recipe]
-    if "network" in recipe:
-        arguments.append(f"--network {shell_json(recipe['network'])}")
-    return " ".join(arguments)
-
-
-def shell_json(value):
-    import json
-
-    return shell_quote(json.dumps(value, separators=(",", ":")))
-
-
-IMAGE_SHAPES = {"sklearn-digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
 
 
 def loss_profile_csv(name):
@@ -168,28 +113,6 @@ def feature_network_files(wildcards):
     if fid["features"] == "inception":
         return [download_path(fid["weights"])]
     return checkpoint_files(f"results/{wildcards.experiment}/fid/classifier")
-
-
-def feature_arguments(wildcards):
-    fid = experiment(wildcards)["fid"]
-    if fid["features"] == "inception":
-        checksum = pinned_checksum(fid["weights"])
-        pinned = f" --features-checksum {checksum}" if checksum else ""
-        return f"--features-kind inception --features {download_path(fid['weights'])}{pinned}"
-    return f"--features-kind digits-classifier --features results/{wildcards.experiment}/fid/classifier"
-
-
-def sampler_options(wildcards):
-    sampling = experiment(wildcards)["sampling"]
-    if wildcards.sampler == "ode":
-        return f"--rtol {sampling['ode']['rtol']} --atol {sampling['ode']['atol']}"
-    return f"--steps {sampling['ancestral']['steps']}"
-
-
-def shard_seeds(wildcards):
-    sampling = experiment(wildcards)["sampling"]
-    start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(wildcards.shard)]
-    return f"{start}:{stop}"
 
 
 def per_eta(pattern, **extra):
@@ -224,10 +147,6 @@ def vlb_files(wildcards):
     )
 
 
-def vlb_run_seeds(wildcards):
-    return " ".join(map(str, runs_of_vlb_job(wildcards.runs)))
-
-
 def sample_panels(wildcards):
     """Shard 0 of every eta for the sampler that the figure shows."""
     return expand(
@@ -236,11 +155,6 @@ def sample_panels(wildcards):
         sampler=wildcards.sampler,
         eta=eta_labels(experiment(wildcards)),
     )
-
-
-def network_argument(train):
-    """--network only when the config sets network hyper-parameters (else the family's defaults)."""
-    return f"--network {shell_json(train['network'])}" if "network" in train else ""
 
 
 PAPER_TABLE_RESULTS = {
@@ -258,25 +172,11 @@ def result_files(kind, name):
 
 
 def paper_table_files(wildcards):
-    return [path for name in config["paper"] for path in result_files(wildcards.number, name)]
-
-
-def paper_table_arguments(wildcards):
-    return " ".join(f"--dataset {shell_quote(title)} " + " ".join(result_files(wildcards.number, name))
-                    for name, title in config["paper"].items())
+    """{experiment: its result files} for each data set of the paper's table."""
+    return {name: result_files(wildcards.number, name) for name in config["paper"]}
 
 
 def literature_table_files(wildcards):
+    """{"<kind>_<experiment>": result files}, the names that rule_arguments.literature_table_arguments reads."""
     return {f"{kind}_{name}": result_files(number, name) for name in config["paper"]
             for kind, number in (("nll", "1"), ("vlb", "4"), ("fid", "2"))}
-
-
-def literature_table_arguments(wildcards):
-    return " ".join(f"--{kind} {name} " + " ".join(result_files(number, name)) for name in config["paper"]
-                    for kind, number in (("nll", "1"), ("vlb", "4"), ("fid", "2")))
-
-
-def shell_quote(text):
-    import shlex
-
-    return shlex.quote(str(text))

@@ -6,7 +6,7 @@ rule fetch:
     output:
         f"{DOWNLOAD_DIR}/{{download}}",
     params:
-        spec=lambda w: config["downloads"][w.download],
+        arguments=lambda w: rule_arguments.fetch_arguments(config, w.download),
     wildcard_constraints:
         download=DOWNLOAD_NAMES,
     conda:
@@ -14,7 +14,7 @@ rule fetch:
     log:
         "results/logs/fetch/{download}.log",
     shell:
-        "expertmerge fetch --source {params.spec[url]:q} --checksum {params.spec[checksum]} --out {output:q} > {log} 2>&1"
+        "expertmerge fetch {params.arguments} --out {output:q} > {log} 2>&1"
 
 
 rule dataset:
@@ -24,11 +24,10 @@ rule dataset:
         splits="results/{experiment}/data/splits.npz",
         record="results/{experiment}/data/splits.json",
     params:
-        source=lambda w: experiment(w)["data"]["source"],
-        arguments=lambda w, input: dataset_arguments(w, input),
+        arguments=lambda w: rule_arguments.dataset_arguments(config, w.experiment),
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/dataset.log",
     shell:
-        "expertmerge dataset --source {params.source} {params.arguments} --out {output.splits} > {log} 2>&1"
+        "expertmerge dataset {params.arguments} --out {output.splits} > {log} 2>&1"

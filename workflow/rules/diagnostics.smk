@@ -10,18 +10,14 @@ rule loss_profile:
     output:
         "results/{experiment}/diagnostics/loss_profile.csv",
     params:
-        experts=experts_argument,
-        profile=lambda w: experiment(w)["loss_profile"],
-        seed=lambda w: experiment(w)["loss_profile"].get("seed", 0),
+        arguments=lambda w: rule_arguments.loss_profile_arguments(config, w.experiment, splits_file(w)),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/loss_profile.log",
     shell:
-        "expertmerge loss-profile {params.experts} --data {input.splits} --split {params.profile[split]}"
-        " --points {params.profile[points]} --seed {params.seed} --batch-size {params.profile[batch_size]}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge loss-profile {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule figure_loss_profile:
@@ -32,10 +28,10 @@ rule figure_loss_profile:
                    category="Figures", subcategory="{experiment}"),
         pdf="results/{experiment}/figures/loss_profile.pdf",
     params:
-        etas=lambda w: " ".join(map(str, numeric_etas(experiment(w)))),
+        arguments=lambda w: rule_arguments.figure_loss_profile_arguments(config, w.experiment),
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/figure_loss_profile.log",
     shell:
-        "expertmerge figure-loss-profile --profile {input} --etas {params.etas} --out {output.png} > {log} 2>&1"
+        "expertmerge figure-loss-profile --profile {input} {params.arguments} --out {output.png} > {log} 2>&1"

@@ -16,22 +16,15 @@ rule train_expert:
         weights="results/{experiment}/experts/train/{expert}.safetensors",
         record="results/{experiment}/experts/train/{expert}.json",
     params:
-        spec=lambda w: experiment(w)["experts"][w.expert],
+        arguments=lambda w: rule_arguments.train_expert_arguments(config, w.experiment, w.expert, splits_file(w)),
         stem=lambda w: f"results/{w.experiment}/experts/train/{w.expert}",
-        gamma_range=lambda w: gamma_range(experiment(w)["experts"][w.expert]["noise_range"]),
-        network=lambda w: network_argument(experiment(w)["experts"][w.expert]["train"]),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/train_expert/{expert}.log",
     shell:
-        "expertmerge train-expert --family {params.spec[family]} --data {input.splits}"
-        " --gamma-min {params.gamma_range[0]} --gamma-max {params.gamma_range[1]}"
-        " --steps {params.spec[train][steps]} --batch-size {params.spec[train][batch_size]}"
-        " --lr {params.spec[train][lr]} --ema-decay {params.spec[train][ema_decay]}"
-        " --eval-every {params.spec[train][eval_every]} --seed {params.spec[train][seed]}"
-        " {params.network} --threads {threads} --out {params.stem} > {log} 2>&1"
+        "expertmerge train-expert {params.arguments} --threads {threads} --out {params.stem} > {log} 2>&1"
 
 
 rule train_recipe:
@@ -41,7 +34,7 @@ rule train_recipe:
         weights="results/{experiment}/experts/recipe/{expert}.safetensors",
         record="results/{experiment}/experts/recipe/{expert}.json",
     params:
-        arguments=recipe_arguments,
+        arguments=lambda w: rule_arguments.train_recipe_arguments(config, w.experiment, w.expert, splits_file(w)),
         stem=lambda w: f"results/{w.experiment}/experts/recipe/{w.expert}",
         workdir=lambda w: f"results/{w.experiment}/training/{w.expert}",  # kept across failures: resumes
     threads: 8
@@ -52,7 +45,7 @@ rule train_recipe:
     log:
         "results/{experiment}/logs/train_recipe/{expert}.log",
     shell:
-        "expertmerge train-recipe {params.arguments} --data {input.splits} --workdir {params.workdir}"
+        "expertmerge train-recipe {params.arguments} --workdir {params.workdir}"
         " --gpus {resources.gpu} --out {params.stem} >> {log} 2>&1"
 
 
@@ -63,7 +56,7 @@ rule import_expert:
         weights="results/{experiment}/experts/{source}/{expert}.safetensors",
         record="results/{experiment}/experts/{source}/{expert}.json",
     params:
-        arguments=import_arguments,
+        arguments=lambda w: rule_arguments.import_expert_arguments(config, w.experiment, w.expert),
         stem=lambda w: f"results/{w.experiment}/experts/{w.source}/{w.expert}",
     wildcard_constraints:
         source="fetch|path",

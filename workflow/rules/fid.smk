@@ -10,7 +10,7 @@ rule train_classifier:
         weights="results/{experiment}/fid/classifier.safetensors",
         record="results/{experiment}/fid/classifier.json",
     params:
-        spec=lambda w: experiment(w)["fid"]["classifier"],
+        arguments=lambda w: rule_arguments.train_classifier_arguments(config, w.experiment, splits_file(w)),
         stem=lambda w: f"results/{w.experiment}/fid/classifier",
     threads: 1
     conda:
@@ -18,9 +18,7 @@ rule train_classifier:
     log:
         "results/{experiment}/logs/train_classifier.log",
     shell:
-        "expertmerge train-classifier --data {input.splits} --steps {params.spec[steps]}"
-        " --batch-size {params.spec[batch_size]} --lr {params.spec[lr]} --seed {params.spec[seed]}"
-        " --threads {threads} --out {params.stem} > {log} 2>&1"
+        "expertmerge train-classifier {params.arguments} --threads {threads} --out {params.stem} > {log} 2>&1"
 
 
 rule reference_statistics:
@@ -30,15 +28,14 @@ rule reference_statistics:
     output:
         "results/{experiment}/fid/reference.npz",
     params:
-        features=feature_arguments,
+        arguments=lambda w: rule_arguments.reference_statistics_arguments(config, w.experiment, splits_file(w)),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/reference_statistics.log",
     shell:
-        "expertmerge reference-stats --data {input.splits} --split train {params.features}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge reference-stats {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule fid:

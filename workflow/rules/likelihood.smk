@@ -10,19 +10,14 @@ rule nll_shard:
     output:
         "results/{experiment}/nll/{eta}/shard{shard}.csv",
     params:
-        experts=experts_argument,
-        nll=lambda w: experiment(w)["nll"],
-        images=lambda w: f"--images {experiment(w)['nll']['images']}" if "images" in experiment(w)["nll"] else "",
+        arguments=lambda w: rule_arguments.nll_shard_arguments(config, w.experiment, w.eta, w.shard, splits_file(w)),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/nll/{eta}/shard{shard}.log",
     shell:
-        "expertmerge nll {params.experts} --eta {wildcards.eta} --data {input.splits} --split test"
-        " --shard {wildcards.shard} --shards {params.nll[shards]} {params.images} --rtol {params.nll[rtol]}"
-        " --atol {params.nll[atol]} --dequantization {params.nll[dequantization]}"
-        " --batch-size {params.nll[batch_size]} --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge nll {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule vlb_run:
@@ -32,13 +27,11 @@ rule vlb_run:
     output:
         "results/{experiment}/vlb/{eta}/{runs}.json",
     params:
-        experts=experts_argument,
-        runs=vlb_run_seeds,
+        arguments=lambda w: rule_arguments.vlb_run_arguments(config, w.experiment, w.eta, w.runs, splits_file(w)),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/vlb/{eta}/{runs}.log",
     shell:
-        "expertmerge vlb {params.experts} --eta {wildcards.eta} --data {input.splits} --split test"
-        " --runs {params.runs} --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge vlb {params.arguments} --threads {threads} --out {output} > {log} 2>&1"

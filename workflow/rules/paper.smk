@@ -11,13 +11,13 @@ rule paper:
 
 rule paper_table:
     input:
-        paper_table_files,
+        unpack(paper_table_files),
     output:
         csv=report("results/paper/tables/table{number}.csv", caption="../report/paper_table.rst", category="Paper"),
         md="results/paper/tables/table{number}.md",
         tex="results/paper/tables/table{number}.tex",
     params:
-        datasets=paper_table_arguments,
+        arguments=lambda w: rule_arguments.paper_table_arguments(config, w.number, paper_table_files(w)),
     wildcard_constraints:
         number="1|2|4",
     conda:
@@ -25,7 +25,7 @@ rule paper_table:
     log:
         "results/paper/logs/table{number}.log",
     shell:
-        "expertmerge paper-table --table {wildcards.number} {params.datasets} --out {output.csv} > {log} 2>&1"
+        "expertmerge paper-table {params.arguments} --out {output.csv} > {log} 2>&1"
 
 
 rule literature_table:
@@ -37,7 +37,7 @@ rule literature_table:
         md="results/paper/tables/table{number}.md",
         tex="results/paper/tables/table{number}.tex",
     params:
-        measured=literature_table_arguments,
+        arguments=lambda w: rule_arguments.literature_table_arguments(config, w.number, literature_table_files(w)),
     wildcard_constraints:
         number="3|5",
     conda:
@@ -45,4 +45,4 @@ rule literature_table:
     log:
         "results/paper/logs/table{number}.log",
     shell:
-        "expertmerge literature-table --table {wildcards.number} {params.measured} --out {output.csv} > {log} 2>&1"
+        "expertmerge literature-table {params.arguments} --out {output.csv} > {log} 2>&1"

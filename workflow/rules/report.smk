@@ -83,9 +83,9 @@ rule summary:
     log:
         "results/{experiment}/logs/summary.log",
     params:
-        profile=lambda w, input: f"--profile {input.profile}" if input.profile else "",
+        arguments=lambda w, input: rule_arguments.summary_arguments(input.profile),
     shell:
-        "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.profile}"
+        "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.arguments}"
         " --out {output.md} > {log} 2>&1"
 
 
@@ -97,13 +97,13 @@ rule figure_fixed_noise:
                    category="Figures", subcategory="{experiment}"),
         pdf="results/{experiment}/figures/fixed_noise.pdf",
     params:
-        rows=lambda w: experiment(w)["figures"]["fixed_noise_rows"],
+        arguments=lambda w: rule_arguments.figure_fixed_noise_arguments(config, w.experiment),
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/figure_fixed_noise.log",
     shell:
-        "expertmerge figure-grid --kind fixed-noise --count {params.rows} --shards {input}"
+        "expertmerge figure-grid {params.arguments} --shards {input}"
         " --out {output.png} > {log} 2>&1"
 
 
@@ -115,11 +115,10 @@ rule figure_samples:
                    category="Figures", subcategory="{experiment}"),
         pdf="results/{experiment}/figures/samples_{sampler}.pdf",
     params:
-        samples=lambda w: experiment(w)["figures"]["grid_samples"],
+        arguments=lambda w: rule_arguments.figure_samples_arguments(config, w.experiment, w.sampler),
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/figure_samples/{sampler}.log",
     shell:
-        "expertmerge figure-grid --kind samples --title '{wildcards.sampler} sampler' --count {params.samples}"
-        " --shards {input} --out {output.png} > {log} 2>&1"
+        "expertmerge figure-grid {params.arguments} --shards {input} --out {output.png} > {log} 2>&1"

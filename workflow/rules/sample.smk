@@ -10,18 +10,11 @@ rule sample_shard:
     output:
         "results/{experiment}/samples/{sampler}/{eta}/shard{shard}.npz",
     params:
-        experts=experts_argument,
-        options=sampler_options,
-        seeds=shard_seeds,
-        batch_size=lambda w: experiment(w)["sampling"]["batch_size"],
-        features=feature_arguments,
+        arguments=lambda w: rule_arguments.sample_shard_arguments(config, w.experiment, w.sampler, w.eta, w.shard),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/sample/{sampler}/{eta}/shard{shard}.log",
     shell:
-        "expertmerge sample {params.experts} --eta {wildcards.eta} --sampler {wildcards.sampler}"
-        " {params.options} --seeds {params.seeds} --batch-size {params.batch_size}"
-        " {params.features} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "expertmerge sample {params.arguments} --threads {threads} --out {output} > {log} 2>&1"

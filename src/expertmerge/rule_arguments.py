@@ -1,0 +1,196 @@
+"""The command-line arguments of the workflow's rules, built from config.yaml and a job's wildcards.
+
+Every rule of workflow/rules/ whose arguments depend on config.yaml or on its wildcards takes them
+from one function here, `<rule>_arguments(config, <wildcard values>, <paths it reads>)`, which returns
+the rule's arguments up to its `--threads`/`--out` (file lists that are only the rule's inputs stay in
+its shell command). The vocabulary that maps config.yaml onto the CLI's flags thus lives in one place,
+and tests/test_rule_arguments.py parses each string back with `expertmerge.cli`. `config` is the
+validated config (schema defaults filled), every value is shell-quoted (shlex.quote) and JSON values
+are compact. The workflow imports this module while it plans, so it must not import torch.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+
+from .downloads import UNPINNED
+from .pipeline import IMAGE_SHAPES, expert_names, expert_stem, gamma_range, numeric_etas, runs_of_vlb_job, shard_ranges
+
+LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
+
+
+def quote(value) -> str:
+    """One shell word: a dict as compact JSON, anything else as its str()."""
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
+    return shlex.quote(text)
+
+
+def options(**values) -> str:
+    """`--flag value` per keyword (underscores become dashes), in order; a list gives one word per item
+    and None leaves its flag out."""
+    words = []
+    for key, value in values.items():
+        if value is not None:
+            items = value if isinstance(value, (list, tuple, range)) else [value]
+            words += [f"--{key.replace('_', '-')}", *map(quote, items)]
+    return " ".join(words)
+
+
+def download_path(config: dict, name: str) -> str:
+    """Where a download lands (or is placed by hand)."""
+    return f"{config['download_dir']}/{name}"
+
+
+def pinned_checksum(config: dict, name: str) -> str | None:
+    """A download's checksum, or None when config.yaml leaves it unpinned (then nothing is checked)."""
+    checksum = config["downloads"][name]["checksum"]
+    return None if checksum == UNPINNED else checksum
+
+
+def expert_pair(config: dict, experiment: str) -> str:
+    """--quality/--likelihood naming the checkpoint stems of an experiment's two experts."""
+    spec = config["experiments"][experiment]
+    names = expert_names(spec)
+    return options(**{role: expert_stem(experiment, names[role], spec["experts"][names[role]])
+                      for role in ("quality", "likelihood")})
+
+
+def feature_network(config: dict, experiment: str) -> str:
+    """The FID feature network: clean-fid's Inception weights, or the demo's digit classifier."""
+    fid = config["experiments"][experiment]["fid"]
+    if fid["features"] == "inception":
+        return options(features_kind="inception", features=download_path(config, fid["weights"]),
+                       features_checksum=pinned_checksum(config, fid["weights"]))
+    return options(features_kind="digits-classifier", features=f"results/{experiment}/fid/classifier")
+
+
+def file_list(files) -> list:
+    """Files given as a list, or as one path (a string)."""
+    return [files] if isinstance(files, str) else list(files)
+
+
+# -- one function per rule ------------------------------------------------------------------------
+
+def fetch_arguments(config: dict, download: str) -> str:
+    spec = config["downloads"][download]
+    return options(source=spec["url"], checksum=spec["checksum"])
+
+
+def dataset_arguments(config: dict, experiment: str) -> str:
+    data = config["experiments"][experiment]["data"]
+    if data["source"] == "sklearn-digits":
+        return options(source=data["source"], seed=data["seed"], val_fraction=data["val_fraction"],
+                       test_fraction=data["test_fraction"])
+    files = []
+    for role, name in data["files"].items():
+        checksum = pinned_checksum(config, name)
+        files.append(options(file=f"{role}={download_path(config, name)}",
+                             checksum=checksum and f"{role}={checksum}"))
+    return " ".join([options(source=data["source"]), *files])
+
+
+def train_expert_arguments(config: dict, experiment: str, expert: str, splits: str) -> str:
+    spec = config["experiments"][experiment]["experts"][expert]
+    train = spec["train"]
+    low, high = gamma_range(spec["noise_range"])
+    return options(family=spec["family"], data=splits, gamma_min=low, gamma_max=high, steps=train["steps"],
+                   batch_size=train["batch_size"], lr=train["lr"], ema_decay=train["ema_decay"],
+                   eval_every=train["eval_every"], seed=train["seed"], network=train.get("network"))
+
+
+def train_recipe_arguments(config: dict, experiment: str, expert: str, splits: str) -> str:
+    spec = config["experiments"][experiment]["experts"][expert]
+    recipe = spec["recipe"]
+    low, high = gamma_range(spec["noise_range"])
+    return options(recipe=recipe["name"], family=spec["family"], gamma_min=low, gamma_max=high, seed=recipe["seed"],
+                   checkpoint_every=recipe["checkpoint_every"], log_every=recipe["log_every"],
+                   max_steps=recipe.get("max_steps"), batch_size=recipe.get("batch_size"),
+                   network=recipe.get("network"), data=splits)
+
+
+def import_expert_arguments(config: dict, experiment: str, expert: str) -> str:
+    """An expert made elsewhere: a download (`fetch`) or a given file (`path`)."""
+    spec = config["experiments"][experiment]["experts"][expert]
+    if "fetch" in spec:
+        source = spec["fetch"]
+        path, checksum = download_path(config, source["download"]), pinned_checksum(config, source["download"])
+    else:
+        source = spec["path"]
+        path, checksum = source["path"], source.get("checksum")
+    low, high = gamma_range(spec["noise_range"])
+    image_shape = IMAGE_SHAPES[config["experiments"][experiment]["data"]["source"]]
+    return options(input=path, format=source["format"], family=spec["family"], gamma_min=low, gamma_max=high,
+                   image_shape=image_shape, checksum=checksum, network=source.get("network"))
+
+
+def train_classifier_arguments(config: dict, experiment: str, splits: str) -> str:
+    spec = config["experiments"][experiment]["fid"]["classifier"]
+    return options(data=splits, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"])
+
+
+def reference_statistics_arguments(config: dict, experiment: str, splits: str) -> str:
+    return " ".join([options(data=splits, split="train"), feature_network(config, experiment)])
+
+
+def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str, shard) -> str:
+    """Images start:stop of the shard (image i uses seed i), their FID features stored with them."""
+    sampling = config["experiments"][experiment]["sampling"]
+    start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(shard)]
+    solver = (options(rtol=sampling["ode"]["rtol"], atol=sampling["ode"]["atol"]) if sampler == "ode"
+              else options(steps=sampling["ancestral"]["steps"]))
+    return " ".join([expert_pair(config, experiment), options(eta=eta, sampler=sampler), solver,
+                     options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"]),
+                     feature_network(config, experiment)])
+
+
+def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: str) -> str:
+    nll = config["experiments"][experiment]["nll"]
+    return " ".join([expert_pair(config, experiment),
+                     options(eta=eta, data=splits, split="test", shard=shard, shards=nll["shards"],
+                             images=nll.get("images"), rtol=nll["rtol"], atol=nll["atol"],
+                             dequantization=nll["dequantization"], batch_size=nll["batch_size"])])
+
+
+def vlb_run_arguments(config: dict, experiment: str, eta: str, runs: str, splits: str) -> str:
+    """`runs` is the job's file stem, run<k> or runs<first>-<last>."""
+    return " ".join([expert_pair(config, experiment),
+                     options(eta=eta, data=splits, split="test", runs=runs_of_vlb_job(runs))])
+
+
+def loss_profile_arguments(config: dict, experiment: str, splits: str) -> str:
+    profile = config["experiments"][experiment]["loss_profile"]
+    return " ".join([expert_pair(config, experiment),
+                     options(data=splits, split=profile["split"], points=profile["points"],
+                             seed=profile.get("seed", 0), batch_size=profile["batch_size"])])
+
+
+def figure_loss_profile_arguments(config: dict, experiment: str) -> str:
+    """The switch levels the figure marks (its --profile is the rule's input)."""
+    return options(etas=numeric_etas(config["experiments"][experiment]))
+
+
+def figure_fixed_noise_arguments(config: dict, experiment: str) -> str:
+    return options(kind="fixed-noise", count=config["experiments"][experiment]["figures"]["fixed_noise_rows"])
+
+
+def figure_samples_arguments(config: dict, experiment: str, sampler: str) -> str:
+    return options(kind="samples", title=f"{sampler} sampler",
+                   count=config["experiments"][experiment]["figures"]["grid_samples"])
+
+
+def summary_arguments(profile) -> str:
+    """--profile only when the experiment has a loss profile (`profile`: its CSV, or nothing)."""
+    profile = file_list(profile)
+    return options(profile=profile[0] if profile else None)
+
+
+def paper_table_arguments(config: dict, number, files) -> str:
+    """`files` maps each experiment of config.yaml's `paper` to its result files for the table."""
+    return " ".join([options(table=number), *(options(dataset=[title, *file_list(files[name])])
+                                              for name, title in config["paper"].items())])
+
+
+def literature_table_arguments(config: dict, number, files) -> str:
+    """`files` maps "<kind>_<experiment>" (kind: one of LITERATURE_KINDS) to that experiment's result files."""
+    return " ".join([options(table=number), *(options(**{kind: [name, *file_list(files[f"{kind}_{name}"])]})
+                                              for name in config["paper"] for kind in LITERATURE_KINDS)])

@@ -1,0 +1,265 @@
+"""The rules' command-line arguments (expertmerge.rule_arguments) for the repository's config.yaml, parsed
+back by `expertmerge.cli`: every flag a rule passes is one the CLI knows, and it carries the config's value."""
+import copy
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from expertmerge import rule_arguments
+from expertmerge.cli import build_parser
+from expertmerge.pipeline import (IMAGE_SHAPES, expert_names, expert_stem, gamma_range, has_analysis, numeric_etas,
+                                  shard_ranges, vlb_job_name, vlb_job_runs)
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = "results/some/data/splits.npz"
+
+
+def load_config():
+    """config.yaml with the schema's defaults filled in, as the Snakefile's `validate` leaves it."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    return config
+
+
+CONFIG = load_config()
+ANALYSED = [name for name, spec in CONFIG["experiments"].items() if has_analysis(spec)]
+EXPERTS = [(name, expert) for name, spec in CONFIG["experiments"].items() for expert in spec["experts"]]
+
+
+def experts_with(source):
+    return [(name, expert) for name, expert in EXPERTS if source in CONFIG["experiments"][name]["experts"][expert]]
+
+
+def parse(command, arguments, *extra):
+    return build_parser().parse_args([command, *shlex.split(arguments), *extra, "--out", "out"])
+
+
+def download_path(name):
+    return f"{CONFIG['download_dir']}/{name}"
+
+
+def pinned(config, name):
+    checksum = config["downloads"][name]["checksum"]
+    return None if checksum == "unpinned" else checksum
+
+
+def assert_expert_pair(args, name):
+    spec = CONFIG["experiments"][name]
+    for role, expert in expert_names(spec).items():
+        assert getattr(args, role) == expert_stem(name, expert, spec["experts"][expert])
+
+
+def assert_features(args, name):
+    fid = CONFIG["experiments"][name]["fid"]
+    assert args.features_kind == fid["features"]
+    if fid["features"] == "inception":
+        assert (args.features, args.features_checksum) == (download_path(fid["weights"]), pinned(CONFIG, fid["weights"]))
+    else:
+        assert (args.features, args.features_checksum) == (f"results/{name}/fid/classifier", None)
+
+
+@pytest.mark.parametrize("download", CONFIG["downloads"])
+def test_fetch(download):
+    args = parse("fetch", rule_arguments.fetch_arguments(CONFIG, download))
+    assert (args.source, args.checksum) == (CONFIG["downloads"][download]["url"], CONFIG["downloads"][download]["checksum"])
+
+
+@pytest.mark.parametrize("name", CONFIG["experiments"])
+def test_dataset(name):
+    data = CONFIG["experiments"][name]["data"]
+    args = parse("dataset", rule_arguments.dataset_arguments(CONFIG, name))
+    assert args.source == data["source"]
+    if data["source"] == "sklearn-digits":
+        assert (args.seed, args.val_fraction, args.test_fraction) == (data["seed"], data["val_fraction"],
+                                                                      data["test_fraction"])
+        assert args.file == args.checksum == []
+    else:
+        assert dict(args.file) == {role: download_path(download) for role, download in data["files"].items()}
+        assert dict(args.checksum) == {role: pinned(CONFIG, download) for role, download in data["files"].items()}
+
+
+@pytest.mark.parametrize("name, expert", experts_with("train"))
+def test_train_expert(name, expert):
+    spec = CONFIG["experiments"][name]["experts"][expert]
+    args = parse("train-expert", rule_arguments.train_expert_arguments(CONFIG, name, expert, SPLITS))
+    assert (args.family, args.data, (args.gamma_min, args.gamma_max)) == (spec["family"], SPLITS,
+                                                                           gamma_range(spec["noise_range"]))
+    for key in ("steps", "batch_size", "lr", "ema_decay", "eval_every", "seed"):
+        assert getattr(args, key) == spec["train"][key], key
+    assert args.network == spec["train"].get("network", {})
+
+
+@pytest.mark.parametrize("name, expert", experts_with("recipe"))
+def test_train_recipe(name, expert):
+    spec = CONFIG["experiments"][name]["experts"][expert]
+    recipe = spec["recipe"]
+    args = parse("train-recipe", rule_arguments.train_recipe_arguments(CONFIG, name, expert, SPLITS), "--workdir", "w")
+    assert (args.recipe, args.family, args.data) == (recipe["name"], spec["family"], SPLITS)
+    assert (args.gamma_min, args.gamma_max) == gamma_range(spec["noise_range"])
+    assert (args.seed, args.checkpoint_every, args.log_every) == (recipe["seed"], recipe["checkpoint_every"],
+                                                                   recipe["log_every"])
+    assert (args.max_steps, args.batch_size, args.network) == (recipe.get("max_steps"), recipe.get("batch_size"),
+                                                                recipe.get("network"))
+
+
+@pytest.mark.parametrize("name, expert", experts_with("fetch"))
+def test_import_expert_from_a_download(name, expert):
+    spec = CONFIG["experiments"][name]["experts"][expert]
+    args = parse("import-expert", rule_arguments.import_expert_arguments(CONFIG, name, expert))
+    download = spec["fetch"]["download"]
+    assert (args.input, args.format, args.family) == (download_path(download), spec["fetch"]["format"], spec["family"])
+    assert (args.gamma_min, args.gamma_max) == gamma_range(spec["noise_range"])
+    assert args.image_shape == list(IMAGE_SHAPES[CONFIG["experiments"][name]["data"]["source"]])
+    assert (args.checksum, args.network) == (pinned(CONFIG, download), spec["fetch"].get("network"))
+
+
+@pytest.mark.parametrize("name", [name for name in ANALYSED if "classifier" in CONFIG["experiments"][name]["fid"]])
+def test_train_classifier(name):
+    spec = CONFIG["experiments"][name]["fid"]["classifier"]
+    args = parse("train-classifier", rule_arguments.train_classifier_arguments(CONFIG, name, SPLITS))
+    assert (args.data, args.steps, args.batch_size, args.lr, args.seed) == (SPLITS, spec["steps"], spec["batch_size"],
+                                                                             spec["lr"], spec["seed"])
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_reference_statistics(name):
+    args = parse("reference-stats", rule_arguments.reference_statistics_arguments(CONFIG, name, SPLITS))
+    assert (args.data, args.split) == (SPLITS, "train")
+    assert_features(args, name)
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+@pytest.mark.parametrize("sampler", ["ode", "ancestral"])
+def test_sample_shard(name, sampler):
+    sampling = CONFIG["experiments"][name]["sampling"]
+    shards = shard_ranges(sampling["num_samples"], sampling["shard_size"])
+    for shard in {0, len(shards) - 1}:
+        args = parse("sample", rule_arguments.sample_shard_arguments(CONFIG, name, sampler, "eta_min", str(shard)))
+        assert_expert_pair(args, name)
+        assert_features(args, name)
+        assert (args.eta, args.sampler, args.seeds) == ("eta_min", sampler, range(*shards[shard]))
+        assert args.batch_size == sampling["batch_size"]
+        if sampler == "ode":
+            assert (args.rtol, args.atol, args.steps) == (sampling["ode"]["rtol"], sampling["ode"]["atol"], None)
+        else:
+            assert args.steps == sampling["ancestral"]["steps"]
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_nll_shard(name):
+    nll = CONFIG["experiments"][name]["nll"]
+    last = nll["shards"] - 1
+    args = parse("nll", rule_arguments.nll_shard_arguments(CONFIG, name, "0.3", str(last), SPLITS))
+    assert_expert_pair(args, name)
+    assert (args.eta, args.data, args.split, args.shard) == ("0.3", SPLITS, "test", last)
+    assert (args.shards, args.images, args.rtol, args.atol) == (nll["shards"], nll.get("images"), nll["rtol"],
+                                                                nll["atol"])
+    assert (args.dequantization, args.batch_size) == (nll["dequantization"], nll["batch_size"])
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_vlb_run(name):
+    for runs in vlb_job_runs(CONFIG["experiments"][name]):
+        args = parse("vlb", rule_arguments.vlb_run_arguments(CONFIG, name, "vdm", vlb_job_name(runs), SPLITS))
+        assert_expert_pair(args, name)
+        assert (args.eta, args.data, args.split, args.runs) == ("vdm", SPLITS, "test", list(runs))
+
+
+@pytest.mark.parametrize("name", [name for name, spec in CONFIG["experiments"].items() if "loss_profile" in spec])
+def test_loss_profile_and_its_figure(name):
+    profile = CONFIG["experiments"][name]["loss_profile"]
+    args = parse("loss-profile", rule_arguments.loss_profile_arguments(CONFIG, name, SPLITS))
+    assert_expert_pair(args, name)
+    assert (args.data, args.split, args.points) == (SPLITS, profile["split"], profile["points"])
+    assert (args.seed, args.batch_size) == (profile["seed"], profile["batch_size"])
+
+    args = parse("figure-loss-profile", rule_arguments.figure_loss_profile_arguments(CONFIG, name), "--profile", "p.csv")
+    assert args.etas == numeric_etas(CONFIG["experiments"][name])
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_figure_grids(name):
+    figures = CONFIG["experiments"][name]["figures"]
+    args = parse("figure-grid", rule_arguments.figure_fixed_noise_arguments(CONFIG, name), "--shards", "s.npz")
+    assert (args.kind, args.count) == ("fixed-noise", figures["fixed_noise_rows"])
+    args = parse("figure-grid", rule_arguments.figure_samples_arguments(CONFIG, name, "ancestral"), "--shards", "s.npz")
+    assert (args.kind, args.count, args.title) == ("samples", figures["grid_samples"], "ancestral sampler")
+
+
+@pytest.mark.parametrize("profile, expected", [([], None), (["p.csv"], "p.csv"), ("p.csv", "p.csv")])
+def test_summary(profile, expected):
+    files = ["--nll", "n.csv", "--vlb", "v.json", "--fid", "f.json"]
+    assert parse("summary", rule_arguments.summary_arguments(profile), *files).profile == expected
+
+
+@pytest.mark.parametrize("number", [1, 2, 4])
+def test_paper_table(number):
+    files = {name: [f"results/{name}/r{k}.csv" for k in range(3)] for name in CONFIG["paper"]}
+    args = parse("paper-table", rule_arguments.paper_table_arguments(CONFIG, str(number), files))
+    assert args.table == number
+    assert args.dataset == [[title, *files[name]] for name, title in CONFIG["paper"].items()]
+
+
+@pytest.mark.parametrize("number", [3, 5])
+def test_literature_table(number):
+    kinds = ("nll", "vlb", "fid")
+    files = {f"{kind}_{name}": [f"results/{name}/{kind}{k}" for k in range(2)] for name in CONFIG["paper"]
+             for kind in kinds}
+    args = parse("literature-table", rule_arguments.literature_table_arguments(CONFIG, str(number), files))
+    assert args.table == number
+    for kind in kinds:
+        assert getattr(args, kind) == [[name, *files[f"{kind}_{name}"]] for name in CONFIG["paper"]]
+
+
+AWKWARD = "it's a \"quoted\" $HOME `x` value;"  # a space, both quotes and what a shell would expand
+
+
+def shell_words(arguments):
+    """The words a real shell makes of `arguments` (as a rule's shell command passes them)."""
+    script = f"{shlex.quote(sys.executable)} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' {arguments}"
+    return json.loads(subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout)
+
+
+def test_awkward_config_values_round_trip_through_the_shell():
+    config = copy.deepcopy(CONFIG)
+    config["download_dir"] = f"downloads/{AWKWARD}"
+    config["downloads"]["cifar-10-python.tar.gz"]["url"] = f"file:///data/{AWKWARD}.tar.gz"
+    config["paper"]["cifar10"] = AWKWARD
+    vdm = config["experiments"]["cifar10"]["experts"]["vdm"]
+    vdm["recipe"]["network"] = {"note": AWKWARD, "channels": [8, 16]}
+    edm = config["experiments"]["cifar10"]["experts"]["edm"]
+    edm["path"] = {"path": f"/data/{AWKWARD}.pkl", "format": "edm-pickle", "network": {"note": AWKWARD}}
+    del edm["fetch"]
+
+    cases = [
+        ("fetch", rule_arguments.fetch_arguments(config, "cifar-10-python.tar.gz"), ("source",)),
+        ("dataset", rule_arguments.dataset_arguments(config, "cifar10"), ("file",)),
+        ("train-recipe", rule_arguments.train_recipe_arguments(config, "cifar10", "vdm", SPLITS) + " --workdir w",
+         ("network",)),
+        ("import-expert", rule_arguments.import_expert_arguments(config, "cifar10", "edm"), ("input", "network")),
+        ("paper-table", rule_arguments.paper_table_arguments(config, "1", {"cifar10": ["a"], "imagenet32": ["b"]}),
+         ("dataset",)),
+    ]
+    for command, arguments, keys in cases:
+        words = shell_words(arguments)
+        assert words == shlex.split(arguments), command
+        args = build_parser().parse_args([command, *words, "--out", "out"])
+        values = {key: getattr(args, key) for key in keys}
+        assert values == {
+            "fetch": {"source": f"file:///data/{AWKWARD}.tar.gz"},
+            "dataset": {"file": [("archive", f"downloads/{AWKWARD}/cifar-10-python.tar.gz")]},
+            "train-recipe": {"network": {"note": AWKWARD, "channels": [8, 16]}},
+            "import-expert": {"input": f"/data/{AWKWARD}.pkl", "network": {"note": AWKWARD}},
+            "paper-table": {"dataset": [[AWKWARD, "a"], ["ImageNet32", "b"]]},
+        }[command]
+
+
+def test_importing_the_module_does_not_import_torch():
+    subprocess.run([sys.executable, "-c", "import expertmerge.rule_arguments, sys; assert 'torch' not in sys.modules"],
+                   check=True)

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch-size", type=int, default=None, help="global batch; default: the recipe's")
     sub.add_argument("--network", type=json_object, default=None, help="JSON overriding network hyper-parameters")
 
-    sub = command("train-expert", commands.cmd_train_expert, "train an expert (EDM loss or VDM ELBO)", "checkpoint stem")
+    sub = command("train-expert", commands.cmd_train_expert, "train a small expert with its family's loss (the demo's)", "checkpoint stem")
     sub.add_argument("--family", choices=family_names(), required=True)
     sub.add_argument("--data", required=True, help="splits .npz from `expertmerge dataset`")
     sub.add_argument("--gamma-min", type=float, required=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Recipe:
-    family: str                    # "edm" or "vdm": loss, preconditioning, network builder
-    preset: str                    # key of DDPMPP_PRESETS / VDM_PRESETS
+    family: str                    # a family of expertmerge.experts.registry: loss, preconditioning, networks
+    preset: str                    # the family's network preset (DDPMPP_PRESETS / VDM_PRESETS)
     batch_size: int                # global batch, summed over GPUs
     total_images: int              # training length; steps = ceil(total_images / batch_size)
     lr: float
@@ -23,7 +23,7 @@ class Recipe:
     ema_halflife_images: int | None  # EMA half-life in images (EDM), or None
     ema_rampup: float | None       # half-life at most this ratio of the images so far (EDM), or None
     network: dict = field(default_factory=dict)  # overrides of the preset's network hyper-parameters
-    sigma_data: float = 0.5        # EDM preconditioning
+    constants: dict = field(default_factory=dict)  # family constants other than its defaults (EDM: sigma_data)
 
     def steps(self, batch_size: int | None = None) -> int:
         return math.ceil(self.total_images / (batch_size or self.batch_size))

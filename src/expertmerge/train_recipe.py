@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .experts.checkpoint import build_network, expert_constants, family_module, save_expert
+from .experts.checkpoint import build_network, family_module, save_expert
 from .files import atomic_path
 from .images import from_uint8
 from .optimization import EMA, make_optimizer, optimizer_step, ramped_lr
@@ -46,7 +46,7 @@ CHECKPOINT_NAME, WEIGHTS_NAME, META_NAME = "training-state.pt", "ema.safetensors
 
 def expert_meta(recipe: Recipe, img_channels: int = 3) -> dict:
     """JSON fields that let a loader rebuild the expert: family, network, valid gamma range."""
-    return dict(expert_constants(recipe.family), preset=recipe.preset,
+    return dict(family_module(recipe.family).constants(**recipe.constants), preset=recipe.preset,
                 **family_module(recipe.family).recipe_network(recipe, img_channels))
 
 

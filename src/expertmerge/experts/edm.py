@@ -107,8 +107,7 @@ NETWORKS = {
 def recipe_network(recipe, img_channels: int) -> dict:
     """NVlabs' `--arch ddpmpp --precond edm`: the preset's SongUNet inside EDMPrecond."""
     preset = {key: value for key, value in DDPMPP_PRESETS[recipe.preset].items() if key != "img_channels"}
-    return dict(network="EDMPrecond(SongUNet)", sigma_data=recipe.sigma_data,
-                net={**preset, "in_channels": img_channels, "out_channels": img_channels, **recipe.network})
+    return dict(network="EDMPrecond(SongUNet)", net={**preset, "in_channels": img_channels, "out_channels": img_channels, **recipe.network})
 
 
 # EDM (CIFAR-10 DDPM++): Adam lr 1e-3 ramped up over the first 5% of training (of the demo's 5000

@@ -1,13 +1,46 @@
 """8-bit images <-> data scale.
 
-Convention (used everywhere): level k in 0..255 maps to the centre of its bin,
-x = (2k + 1)/256 - 1, so bins have width 2/256 and the truncated-normal dequantisation
-bound tau = alpha0/(256 sigma0) is exactly half a bin. Images are uint8 NHWC; data are
-float32 NCHW.
+Convention (the common coordinates of every merged model here): level k in 0..255 maps to the
+centre of its bin, x = (2k + 1)/256 - 1, as VDM and its PyTorch re-implementation do, so bins have
+width 2/256 and the truncated-normal dequantisation bound tau = alpha0/(256 sigma0) is exactly
+half a bin. An expert trained on another affine map of the levels (NVlabs' EDM: x' = k/127.5 - 1)
+records it as its `PixelScale` and is seen through the exact change of variables
+(`experts.base.RescaledExpert`). Images are uint8 NHWC; data are float32 NCHW.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class PixelScale:
+    """An expert's data convention: 8-bit level k -> x = scale * k + offset."""
+    scale: float
+    offset: float
+
+    def record(self) -> dict:
+        return {"scale": self.scale, "offset": self.offset}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PixelScale":
+        try:
+            scale, offset = float(record["scale"]), float(record["offset"])
+        except (TypeError, KeyError, ValueError) as error:
+            raise ValueError(f"a pixel convention needs numbers 'scale' and 'offset', got {record!r}") from error
+        if not scale > 0:
+            raise ValueError(f"a pixel convention's scale must be > 0, got {scale}")
+        return cls(scale, offset)
+
+    def from_common(self) -> tuple[float, float]:
+        """(a, b) with x_this = a * x_common + b."""
+        a = self.scale / COMMON_PIXELS.scale
+        return a, self.offset - a * COMMON_PIXELS.offset
+
+
+COMMON_PIXELS = PixelScale(2 / 256, 1 / 256 - 1)  # VDM's, and ours: bin centres
+EDM_PIXELS = PixelScale(1 / 127.5, -1.0)          # NVlabs' training_loop.py: images / 127.5 - 1
 
 
 def check_images(images) -> torch.Tensor:

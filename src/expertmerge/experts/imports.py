@@ -5,7 +5,9 @@
 "expertmerge", one of our own checkpoints (a stem), loaded and written again. The importer rebuilds
 the network; its weights must fill it exactly.
 
-The expert's valid gamma range is the caller's (config.yaml's noise range), not the file's.
+The expert's valid gamma range is the caller's (config.yaml's noise range, in the expert's own data
+scale), not the file's. An importer may return `pixels`, the data convention its network was trained
+on (`images.PixelScale.record()`); it is stored in the checkpoint's JSON.
 """
 from __future__ import annotations
 
@@ -38,7 +40,10 @@ def import_expert(source, fmt: str, out_stem, *, family: str, gamma_min: float, 
                                           network=network)
         _load_exactly(net, state, source)
     meta = dict(expert_constants(family, gamma_min, gamma_max), network=provenance.pop("network"),
-                net=provenance.pop("net"), imported=dict(provenance, source=source.name, format=fmt))
+                net=provenance.pop("net"))
+    if "pixels" in provenance:  # the data convention the file's network was trained on (see images.PixelScale)
+        meta["pixels"] = provenance.pop("pixels")
+    meta["imported"] = dict(provenance, source=source.name, format=fmt)
     if image_shape is not None:
         meta["image_shape"] = [int(n) for n in image_shape]
     save_expert(out_stem, net, meta)

@@ -11,8 +11,9 @@ foreign checkpoint formats it imports. Everything else is in the family's module
 * `loss(meta) -> loss_fn(net, x0, generator)`: the per-image training loss of that network, and
   `LOSS`, its one-line description;
 * `TRAINING`: the demo trainer's hyper-parameters that differ from `expertmerge.training`'s defaults;
-* `IMPORTERS`: {format: importer(path, *, checksum, gamma_min, gamma_max, network) -> (net, provenance)};
-* `recipe_network(recipe, img_channels) -> (network name, net hyper-parameters)` for the
+* `IMPORTERS`: {format: importer(path, *, checksum, gamma_min, gamma_max, network) -> (net, state dict,
+  provenance)}, provenance holding "network", "net" and optionally "pixels" (its data convention);
+* `recipe_network(recipe, img_channels) -> {"network": name, "net": hyper-parameters}` for the
   paper-scale trainer (optional: a family without it has no recipes).
 
 `register` adds a family at run time (a test's toy family, a researcher's own).

@@ -86,3 +86,23 @@ class Expert:
 def broadcast_level(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample level [N] -> [N, 1, 1, 1] in like's dtype, for elementwise maths."""
     return s.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class RescaledExpert(Expert):
+    """An expert trained on data x' = a x + b, seen in our coordinates x (`images.COMMON_PIXELS`).
+
+    With x' = a x + b the noise scales too, s' = a s, so D(x; s) = (D'(a x + b; a s) - b) / a, the exact
+    change of variables; its gamma range is the inner one shifted by -2 log a. Densities computed with it
+    are densities in our coordinates: nothing else needs accounting for.
+    """
+
+    def __init__(self, inner, a: float, b: float):
+        if not (math.isfinite(a) and a > 0 and math.isfinite(b)):
+            raise ValueError(f"a data convention x' = a x + b needs a finite a > 0 and a finite b, got a={a}, b={b}")
+        shift = 2 * math.log(a)
+        super().__init__(getattr(inner, "net", None), inner.gamma_min - shift, inner.gamma_max - shift)
+        self.inner, self.a, self.b = inner, float(a), float(b)
+
+    def _denoise(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return (self.inner.denoise(self.a * x + self.b, self.a * s) - self.b) / self.a
+

@@ -16,6 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..files import atomic_path, write_text
+from ..images import PixelScale
+from .base import RescaledExpert
 from .registry import get_family
 
 FORMAT = "expertmerge-expert"
@@ -52,8 +54,12 @@ def build_network(meta: dict) -> torch.nn.Module:
 
 
 def wrap_network(meta: dict, net: torch.nn.Module):
-    """The expert D(x; s) around a module built by `build_network`."""
-    return family_module(meta.get("family")).expert(meta, net)
+    """The expert D(x; s) around a module built by `build_network`, in our data coordinates: a network
+    trained on another pixel convention (meta "pixels", e.g. NVlabs' k/127.5 - 1) is seen through the
+    exact change of variables, and its range ("gamma_min"/"gamma_max", in its own coordinates) with it."""
+    expert = family_module(meta.get("family")).expert(meta, net)
+    a, b = PixelScale.from_record(meta["pixels"]).from_common() if "pixels" in meta else (1.0, 0.0)
+    return expert if (a, b) == (1.0, 0.0) else RescaledExpert(expert, a, b)
 
 
 def checkpoint_paths(path, name: str | None = None) -> tuple[Path, Path]:

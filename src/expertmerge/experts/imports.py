@@ -41,6 +41,7 @@ def import_expert(source, fmt: str, out_stem, *, family: str, gamma_min: float, 
         _load_exactly(net, state, source)
     meta = dict(expert_constants(family, gamma_min, gamma_max), network=provenance.pop("network"),
                 net=provenance.pop("net"))
+    meta.update(provenance.pop("constants", {}))  # family constants the file fixes (e.g. EDM's sigma_data)
     if "pixels" in provenance:  # the data convention the file's network was trained on (see images.PixelScale)
         meta["pixels"] = provenance.pop("pixels")
     meta["imported"] = dict(provenance, source=source.name, format=fmt)
@@ -52,7 +53,8 @@ def import_expert(source, fmt: str, out_stem, *, family: str, gamma_min: float, 
 
 def _expertmerge(stem: Path):
     expert = load_expert(stem)  # checks the JSON and loads the weights strictly
-    return expert.net, dict(network=expert.meta.get("network", "SmallUNet"), net=expert.meta["net"])
+    kept = {key: expert.meta[key] for key in ("pixels",) if key in expert.meta}
+    return expert.net, dict(network=expert.meta.get("network", "SmallUNet"), net=expert.meta["net"], **kept)
 
 
 def _load_exactly(net: torch.nn.Module, state: dict, path) -> None:

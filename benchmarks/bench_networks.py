@@ -15,7 +15,8 @@ from timing import median_time  # benchmarks/timing.py
 
 def ddpmpp_cifar10(batch: int):
     """EDM's VPPrecond + DDPM++ (SongUNet) in the published CIFAR-10 configuration: D(x; sigma)."""
-    from expertmerge.networks.ddpmpp import DDPMPP_PRESETS, VPPrecond
+    from expertmerge.networks.ddpmpp import DDPMPP_PRESETS
+    from expertmerge.networks.nvlabs_precond import VPPrecond
     net = VPPrecond(**DDPMPP_PRESETS["cifar10"])
     x = torch.randn(batch, 3, 32, 32)
     sigma = torch.logspace(-2, 1, batch)

@@ -1,6 +1,6 @@
 """EDM's DDPM++ (SongUNet) and VPPrecond: the published CIFAR-10 layout, and the numerics that layout
 relies on (embedding order, interleaved q/k/v, GroupNorm eps, resampling, skip scaling, c_noise),
-each checked against the math written out here."""
+each checked against the math written out here. (VEPrecond and EDMPrecond: test_edm_preconditionings.)"""
 import math
 
 import numpy as np
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from expertmerge.networks.ddpmpp import (
-    DDPMPP_PRESETS, Conv2d, GroupNorm, PositionalEmbedding, SongUNet, UNetBlock, VPPrecond, attention)
+    DDPMPP_PRESETS, Conv2d, GroupNorm, PositionalEmbedding, SongUNet, UNetBlock, attention)
+from expertmerge.networks.nvlabs_precond import VPPrecond
 
 BETA_D, BETA_MIN, M, EPSILON_T = 19.9, 0.1, 1000, 1e-5
 TINY = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,

@@ -1,5 +1,6 @@
 """Experts imported from other code bases: an NVlabs-format pickle of a DDPM++ VPPrecond and a
-checkpoint of the VDM re-implementation become expert checkpoints that denoise exactly as the source."""
+checkpoint of the VDM re-implementation become expert checkpoints that denoise exactly as the source.
+(NVlabs' VEPrecond and EDMPrecond pickles: test_edm_preconditionings.)"""
 import hashlib
 import json
 import os
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 from expertmerge.downloads import ChecksumError
+from expertmerge.experts import edm
 from expertmerge.experts.checkpoint import load_expert
 from expertmerge.experts.imports import import_expert
 from expertmerge.experts.vdm import vdm_architecture
 from expertmerge.experts.vdm import VDMExpert
-from expertmerge.networks.ddpmpp import VPPrecond
+from expertmerge.networks.nvlabs_precond import VPPrecond
 from expertmerge.networks.vdm_unet import VDMUNet
 from expertmerge.experts.registry import get_family
 
@@ -60,11 +62,14 @@ def test_edm_pickle_becomes_an_expert_that_denoises_as_the_source(tmp_path, pers
     assert not (tmp_path / "executed").exists()
     assert meta["network"] == "VPPrecond" and meta["imported"]["ignored_kwargs"] == {"use_fp16": False}
     assert meta["imported"]["sha256"] == checksum.split(":")[1]
+    assert meta["pixels"] == {"scale": 1 / 127.5, "offset": -1.0}  # NVlabs' k/127.5 - 1
+    assert meta["imported"]["native_sigma"] == [net.sigma_min, net.sigma_max]
 
-    expert = load_expert(tmp_path / "experts" / "edm")
+    loaded = load_expert(tmp_path / "experts" / "edm")
+    expert = edm.expert(loaded.meta, loaded.net)  # in the network's own coordinates
     x, sigma = torch.randn(4, 3, 8, 8), torch.tensor([0.002, 0.5, 3.0, 80.0])
     assert torch.equal(expert.denoise(x, sigma), net(x, sigma))
-    assert expert.image_shape == (3, 8, 8) and (expert.gamma_min, expert.gamma_max) == (gamma_min, gamma_max)
+    assert loaded.image_shape == (3, 8, 8) and (expert.gamma_min, expert.gamma_max) == (gamma_min, gamma_max)
 
 
 def test_edm_pickle_with_wrong_checksum_leaves_nothing(tmp_path, persistence):

@@ -10,9 +10,10 @@ import torch
 from expertmerge.experts import EDMExpert, GaussianExpert
 from expertmerge.images import from_uint8, to_uint8
 from expertmerge.likelihood import (dequantize_tn, dequantize_uniform, diffusion_loss, ode_nll, prior_kl,
-                                    prior_log_density, rademacher, summarize_vlb_runs, velocity_and_divergence,
+                                    prior_log_density, rademacher, summarize_vlb_runs, vp_velocity_and_divergence,
                                     vlb, vlb_runs)
 from expertmerge.merge import switch
+from expertmerge.sampling import sample_ode
 
 from conftest import Spy, gaussian_data
 
@@ -127,16 +128,18 @@ def test_hutchinson_mean_over_all_probes_is_the_exact_divergence(kind):
     expert = make_expert() if kind == "gaussian" else EDMExpert(TinyDenoiser(channels=3))
     shape = SHAPE if kind == "gaussian" else (3, 2, 2)
     dim, gamma = math.prod(shape), -1.3
-    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(5))
-    jacobian = torch.autograd.functional.jacobian(lambda v: expert.denoise(v, math.exp(gamma / 2)), x)
-    exact = (dim - jacobian.reshape(dim, dim).double().trace()) / 2
+    alpha, s = (1 + math.exp(gamma)) ** -0.5, math.exp(gamma / 2)
+    z = torch.randn(1, *shape, generator=torch.Generator().manual_seed(5))
+    velocity_of = lambda v: alpha * (alpha * v - expert.denoise(v / alpha, s)) / 2  # the VP PF-ODE
+    jacobian = torch.autograd.functional.jacobian(velocity_of, z)
+    exact = jacobian.reshape(dim, dim).double().trace()
     # All 2^dim Rademacher probes: E[p p^T] = I holds exactly over the enumeration.
     probes = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=dim))).reshape(-1, *shape)
-    velocity, divergence = velocity_and_divergence(expert, x.expand(len(probes), *shape), gamma, probes)
+    velocity, divergence = vp_velocity_and_divergence(expert, z.expand(len(probes), *shape), gamma, probes)
     assert divergence.dtype == torch.float64 and divergence.shape == (len(probes),)
     assert divergence.mean().item() == pytest.approx(exact.item(), abs=1e-5)
     assert divergence.std() > 0.01  # a real estimator: single probes differ
-    assert torch.allclose(velocity[0], (x[0] - expert.denoise(x, math.exp(gamma / 2))[0]) / 2)
+    assert torch.allclose(velocity[0], velocity_of(z)[0])
 
 
 def test_rademacher_probe_is_per_image():
@@ -161,10 +164,9 @@ def test_truncated_normal_dequantization_draws_and_density():
 
 
 def test_prior_log_density_is_the_vp_standard_normal():
-    x1 = 5 * torch.randn(3, *SHAPE, dtype=torch.float64)
-    alpha1 = (1 + math.exp(GAMMA_MAX)) ** -0.5
-    normal = torch.distributions.Normal(0.0, 1 / alpha1)  # x1 = z1/alpha1 with z1 ~ N(0, I)
-    assert torch.allclose(prior_log_density(x1, GAMMA_MAX), normal.log_prob(x1).reshape(3, -1).sum(1))
+    z1 = torch.randn(3, *SHAPE, dtype=torch.float64)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    assert torch.allclose(prior_log_density(z1), normal.log_prob(z1).reshape(3, -1).sum(1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,3 +336,26 @@ def test_nan_from_the_network_names_images_and_noise_level():
 def test_bad_input_is_refused(call, error, message):
     with pytest.raises(error, match=message):
         call(make_expert(), torch.zeros(3, 2, 2, 1, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("error_norm", ["batch-rms", "image-max"])
+@pytest.mark.parametrize("solver", ["ode_nll", "sample_ode"])
+def test_nfe_is_counted_per_batch_and_moves_with_the_batch_size(solver, error_norm):
+    """An adaptive solve shares one step size per batch (as score_sde's, whose NFE the paper reports): alone,
+    images need different NFE; in a batch they share its count, which moves a few percent with the batch
+    size. That is why the tables give the batch size beside the NFE."""
+    expert, n = make_expert(), 32
+    images = quantised_samples(expert, n)
+    run = {"ode_nll": lambda b: ode_nll(expert, images, batch_size=b, error_norm=error_norm),
+           "sample_ode": lambda b: sample_ode(expert, range(n), SHAPE, batch_size=b, error_norm=error_norm)}[solver]
+    nfe = {b: run(b).nfe for b in (1, 8, 32)}
+    assert nfe[1].max() > nfe[1].min()  # images alone: their own NFE
+    for b in (8, 32):
+        assert all(len(set(chunk.tolist())) == 1 for chunk in nfe[b].split(b))  # one count per batch
+        assert abs(nfe[b].double().mean() / nfe[1].double().mean() - 1) < 0.15
+    assert nfe[32].max() <= nfe[1].max()  # a batch never needs more than its hardest image alone, here
+
+
+def test_an_unknown_error_norm_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="error_norm must be one of batch-rms, image-max"):
+        ode_nll(make_expert(), quantised_samples(make_expert(), 2), error_norm="max")

@@ -16,7 +16,7 @@ from test_features import _StandIn
 from test_imports import SMALL_DDPMPP, nvlabs_pickle, randomized
 from test_pipeline import BASE, planned_jobs, snakemake, write_config
 
-from expertmerge.networks.ddpmpp import VPPrecond
+from expertmerge.networks.nvlabs_precond import VPPrecond
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|save|load)` is deprecated:FutureWarning")
 

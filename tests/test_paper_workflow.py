@@ -19,7 +19,7 @@ from test_pipeline import BASE, REPO, planned_jobs, snakemake, write_config
 
 from expertmerge.datasets import load_splits, save_splits
 from expertmerge.experts.checkpoint import load_expert
-from expertmerge.networks.ddpmpp import VPPrecond
+from expertmerge.networks.nvlabs_precond import VPPrecond
 
 BIN = Path(sys.executable).parent / "expertmerge"
 
@@ -81,7 +81,10 @@ def test_small_paper_experts_are_built_from_local_files(tmp_path, small_paper_co
     assert (tmp_path / "resources/downloads/edm.pkl").read_bytes() == (sources / "edm.pkl").read_bytes()
     edm = load_expert(tmp_path / "results/tiny/experts/fetch/edm")
     x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.01, 10.0])
-    assert torch.equal(edm.denoise(x, sigma), net(x, sigma)) and edm.image_shape == (3, 32, 32)
+    # NVlabs trains on k/127.5 - 1: seen in our coordinates through x' = (256/255) x, s' = (256/255) s.
+    a = 256 / 255
+    torch.testing.assert_close(edm.denoise(x, sigma), net(a * x, a * sigma) / a, rtol=1e-5, atol=1e-5)
+    assert edm.meta["pixels"] == {"scale": 1 / 127.5, "offset": -1.0} and edm.image_shape == (3, 32, 32)
     vdm = load_expert(tmp_path / "results/tiny/experts/recipe/vdm")
     assert vdm.meta["network"] == "VDMUNet" and vdm.meta["training"]["steps"] == 2
     assert torch.isfinite(vdm.denoise(x, sigma)).all()
@@ -190,7 +193,7 @@ PAPER_JOBS = {
     "fetch": 5,                 # CIFAR-10, two ImageNet32 tars, the EDM pickle, the Inception weights
     "dataset": 2, "import_expert": 1, "train_recipe": 3, "reference_statistics": 2,
     "sample_shard": 480,        # 2 data sets x 2 samplers x 12 etas x 10 shards of 5000
-    "nll_shard": 240,           # 2 x 12 etas x 10 shards of 1000 test images
+    "nll_shard": 720,           # 12 etas x (CIFAR-10: 10, ImageNet32: 50) shards of 1000 test images
     "vlb_run": 240,             # 2 x 12 etas x 10 runs
     "fid": 48, "table1": 2, "table2": 2, "table4": 2, "summary": 2,
     "figure_tradeoff": 2, "figure_fixed_noise": 2, "figure_samples": 4,

@@ -1,6 +1,7 @@
 """Paper-scale trainer: one step of each full-size recipe, resume identity, safe checkpoints, data order."""
 import dataclasses
 import json
+import math
 import time
 
 import pytest
@@ -35,7 +36,9 @@ def test_one_step_of_each_full_size_recipe(name, tmp_path):
     written = json.loads((tmp_path / META_NAME).read_text())
     assert {key: written[key] for key in meta} == json.loads(json.dumps(meta))
     expert = load_expert(tmp_path / WEIGHTS_NAME)  # the EMA weights are an expert checkpoint
-    assert expert.image_shape == (3, 32, 32) and (expert.gamma_min, expert.gamma_max) == (meta["gamma_min"], meta["gamma_max"])
+    shift = 2 * math.log(256 / 255) if recipe.pixels else 0.0  # EDM trains on NVlabs' k/127.5 - 1, seen in ours
+    assert meta.get("pixels") == recipe.pixels and expert.image_shape == (3, 32, 32)
+    assert (expert.gamma_min, expert.gamma_max) == pytest.approx((meta["gamma_min"] - shift, meta["gamma_max"] - shift))
     assert meta["family"] == recipe.family and meta["gamma_min"] < meta["gamma_max"]
     assert meta["training"]["steps"] == 1 and all(torch.isfinite(w).all() for w in weights.values())
 

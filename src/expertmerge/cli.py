@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--rtol", type=positive_float, default=1e-5)
     sub.add_argument("--atol", type=positive_float, default=1e-5)
     sub.add_argument("--steps", type=int, default=None, help="ancestral: 256, heun: 18 by default")
+    sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
+                     help="ode: how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
+    sub.add_argument("--clip-denoised", action="store_true", help="ancestral: clip D to [-1, 1] (VDM's clip_samples)")
     sub.add_argument("--batch-size", type=int, default=500)
     _features(sub)
 
@@ -188,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--rtol", type=positive_float, default=1e-5)
     sub.add_argument("--atol", type=positive_float, default=1e-5)
     sub.add_argument("--dequantization", choices=["tn", "uniform"], default="tn")
+    sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
+                     help="how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
 
     sub = command("loss-profile", commands.cmd_loss_profile, "each expert's denoising loss L(gamma) on one gamma grid",
                   "profile .csv")

@@ -135,8 +135,8 @@ def cmd_sample(args):
     device = resolve_device(args.device)
     expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device)
     sampler, options = {
-        "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol}),
-        "ancestral": (sample_ancestral, {"steps": args.steps}),
+        "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm}),
+        "ancestral": (sample_ancestral, {"steps": args.steps, "clip_denoised": args.clip_denoised}),
         "heun": (sample_heun, {"steps": args.steps}),
     }[args.sampler]
     seeds, images, nfe = list(args.seeds), [], []
@@ -150,7 +150,7 @@ def cmd_sample(args):
     images, nfe = np.concatenate(images), np.concatenate(nfe)
     feats = load_feature_network(args.features_kind, args.features, device, args.features_checksum)(images)
     save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats.astype(np.float32),
-                      record={**choice.record(), "sampler": args.sampler, **options})
+                      record={**choice.record(), "sampler": args.sampler, **options, "batch_size": args.batch_size})
     log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
 
 
@@ -195,8 +195,10 @@ def cmd_nll(args):
     images, indices = _test_shard(args)
     progress = Progress(len(indices), f"ODE NLL at eta={args.eta}")
     result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
-                     dequantization=args.dequantization, batch_size=args.batch_size, progress=progress, device=device)
-    frame = pd.DataFrame({"image": list(indices), "bpd": result.bpd.numpy(), "nfe": result.nfe.numpy()})
+                     dequantization=args.dequantization, batch_size=args.batch_size, error_norm=args.error_norm,
+                     progress=progress, device=device)
+    frame = pd.DataFrame({"image": list(indices), "bpd": result.bpd.numpy(), "nfe": result.nfe.numpy(),
+                          "batch_size": args.batch_size, "error_norm": args.error_norm})
     for key, value in choice.record().items():
         frame[key] = value
     write_csv(args.out, frame)
@@ -266,12 +268,7 @@ def cmd_table(args):
     from . import tables
 
     records = tables.load_records(*args.inputs)
-    if args.table == 1:
-        summary = tables.summarize(records, "bpd", by=tables.KEYS + ("gamma_min", "gamma_max"))
-        nfe = tables.summarize(records, "nfe", by=tables.KEYS)[["eta_label", "nfe_mean"]]
-        table = tables.table1(summary.merge(nfe, on="eta_label"))
-    else:
-        table = {2: tables.table2, 4: tables.table4}[args.table](records)
+    table = {1: tables.table1, 2: tables.table2, 4: tables.table4}[args.table](records)
     written = tables.write_table(table, Path(args.out).with_suffix(""))
     log.info("wrote %s", ", ".join(map(str, written)))
 

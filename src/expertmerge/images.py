@@ -57,10 +57,13 @@ def check_images(images) -> torch.Tensor:
     return images
 
 
-def from_uint8(images) -> torch.Tensor:
-    """uint8 [N, H, W, C] -> float32 [N, C, H, W], x = (2k + 1)/256 - 1."""
-    images = check_images(images)
-    return ((2 * images.permute(0, 3, 1, 2).float() + 1) / 256 - 1).contiguous()
+def from_uint8(images, pixels: PixelScale | None = None) -> torch.Tensor:
+    """uint8 [N, H, W, C] -> float32 [N, C, H, W], x = (2k + 1)/256 - 1, or in `pixels`' convention
+    (computed in float64, rounded once)."""
+    images = check_images(images).permute(0, 3, 1, 2)
+    if pixels is None or pixels == COMMON_PIXELS:
+        return ((2 * images.float() + 1) / 256 - 1).contiguous()
+    return (pixels.scale * images.double() + pixels.offset).float().contiguous()
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

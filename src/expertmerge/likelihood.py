@@ -1,8 +1,9 @@
 """Likelihood of any expert: the PF-ODE bound (Eq. 8-9, 16) and the variational bound (Eq. 6).
 
-Everything runs in VE coordinates x = z/alpha on the expert's gamma range, so a single expert on
-its native range and a merged expert on the merged range are handled alike. The PF-ODE is
-dx/dgamma = f(x, gamma) = (x - D(x; e^(gamma/2)))/2, whose divergence is (dim - tr dD/dx)/2.
+Everything runs on the expert's gamma range, so a single expert on its native range and a merged
+expert on the merged range are handled alike. The PF-ODE integrates the VP state z = alpha x (as
+score_sde's likelihood does, whose NFE the paper reports): dz/dgamma = alpha (alpha z - D(x; e^(gamma/2)))/2,
+whose divergence is (alpha^2 dim - tr dD/dx)/2; the VLB works in VE coordinates x = z/alpha.
 Bits per dimension: bpd = -(log p(z0) - log q(z0|x)) / (dim ln 2); with dequantisation bins that
 do not overlap, p(x|z0) = 1 and this bounds the 8-bit probability itself, with no offset.
 
@@ -20,7 +21,7 @@ import torch
 from .experts.base import check_expert
 from .images import check_images, from_uint8
 from .noise import gamma_to_noise_level, vp_alpha_sigma
-from .sampling import odeint, per_image_max_rms
+from .sampling import odeint, solver_norm, vp_velocity
 from .seeding import per_image_draw, per_image_generators, run_seeds
 
 DEQUANTIZATIONS = ("tn", "uniform")
@@ -128,15 +129,15 @@ def rademacher(generators, shape, device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # PF-ODE likelihood (Eq. 8-9, 16).
 
-def velocity_and_divergence(expert, x: torch.Tensor, gamma: float, probe: torch.Tensor,
-                            indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """f = (x - D)/2 and the Skilling-Hutchinson estimate (Eq. 16) of div f = (dim - probe^T (dD/dx) probe)/2,
-    with one vector-Jacobian product. x: [N, C, H, W] (any float dtype); returns f in x's dtype and the
-    divergence as float64 [N]."""
-    indices = list(range(x.shape[0])) if indices is None else indices
-    s = gamma_to_noise_level(float(gamma))
+def vp_velocity_and_divergence(expert, z: torch.Tensor, gamma: float, probe: torch.Tensor,
+                               indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """f = alpha (alpha z - D(z/alpha; s))/2 and the Skilling-Hutchinson estimate (Eq. 16) of
+    div f = (alpha^2 dim - probe^T (dD/dx) probe)/2, with one vector-Jacobian product. z: [N, C, H, W]
+    (any float dtype); returns f in z's dtype and the divergence as float64 [N]."""
+    indices = list(range(z.shape[0])) if indices is None else indices
+    alpha, s = vp_alpha_sigma(float(gamma))[0], gamma_to_noise_level(float(gamma))
     with torch.enable_grad():
-        x32 = x.detach().float().requires_grad_(True)
+        x32 = (z.detach() / alpha).float().requires_grad_(True)
         denoised = expert.denoise(x32, s)
         _raise_if_not_finite(denoised.detach(), indices, "the expert's output D(x; s)", s)
         if not denoised.requires_grad:
@@ -146,66 +147,66 @@ def velocity_and_divergence(expert, x: torch.Tensor, gamma: float, probe: torch.
     vjp = torch.zeros_like(x32) if vjp is None else vjp
     _raise_if_not_finite(vjp, indices, "the vector-Jacobian product of the expert", s)
     trace = (vjp.double() * probe.double()).flatten(1).sum(1)  # probe^T (dD/dx) probe
-    return (x - denoised.detach().to(x.dtype)) / 2, (x[0].numel() - trace) / 2
+    return vp_velocity(denoised.detach().to(z.dtype), z, alpha), (alpha**2 * z[0].numel() - trace) / 2
 
 
-def prior_log_density(x1: torch.Tensor, gamma_max: float) -> torch.Tensor:
-    """log density in VE coordinates of the prior z1 = alpha1 x1 ~ N(0, I): log N(alpha1 x1; 0, I) + dim log alpha1."""
-    alpha1, _ = vp_alpha_sigma(float(gamma_max))
-    flat = x1.double().flatten(1)
-    dim = flat.shape[1]
-    return -0.5 * (alpha1 * flat).pow(2).sum(1) - 0.5 * dim * LOG_2PI + dim * math.log(alpha1)
+def prior_log_density(z1: torch.Tensor) -> torch.Tensor:
+    """log N(z1; 0, I) of the VP prior at gamma_max, float64 [N]."""
+    flat = z1.double().flatten(1)
+    return -0.5 * flat.pow(2).sum(1) - 0.5 * flat.shape[1] * LOG_2PI
 
 
 def ode_log_density(expert, x0: torch.Tensor, probe: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
-                    indices: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+                    error_norm: str = "batch-rms", indices: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
     """log p(x0) in VE coordinates at gamma_min (float64 [N]) and the number of function evaluations.
 
-    Solves the augmented ODE [x, L] with dL/dgamma = div f from gamma_min to gamma_max with dopri5, then
-    log p(x0) = log p(x1) + L(gamma_max) (instantaneous change of variables, Eq. 8). The batch is one ODE
-    system and shares the solver's step size; the error norm is each image's RMS over its joint [x, L]
-    state, maximised over the batch, so every image meets the tolerance and a batch steps at the pace of
-    its hardest image. An image's result thus depends on its batch-mates only within solver tolerance.
-    The last step is cut to end on gamma_max, so the expert is never asked beyond its range; only the
-    trial evaluation of dopri5's initial-step heuristic may land past gamma_max, and it is clamped.
+    Solves the augmented ODE [z, L] with z = alpha x and dL/dgamma = div f from gamma_min to gamma_max
+    with dopri5, then log p(x0) = log N(z1; 0, I) + L(gamma_max) + dim log alpha0 (instantaneous change of
+    variables, Eq. 8, and z0 = alpha0 x0). The batch is one ODE system with one step size; `error_norm`
+    (see `sampling.ERROR_NORMS`) says how its joint state's error is measured. The last step is cut to end
+    on gamma_max, so the expert is never asked beyond its range; only the trial evaluation of dopri5's
+    initial-step heuristic may land past gamma_max, and it is clamped.
     """
     n, shape = x0.shape[0], x0.shape[1:]
     dim = x0[0].numel()
     gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
-    calls = 0
+    norm, alpha0, calls = solver_norm(error_norm), vp_alpha_sigma(gamma_min)[0], 0
 
     def augmented(gamma, state):
         nonlocal calls
         calls += 1
         gamma = min(max(float(gamma), gamma_min), gamma_max)
-        velocity, divergence = velocity_and_divergence(expert, state[:, :dim].reshape(n, *shape), gamma, probe, indices)
+        velocity, divergence = vp_velocity_and_divergence(expert, state[:, :dim].reshape(n, *shape), gamma, probe,
+                                                          indices)
         return torch.cat([velocity.flatten(1), divergence[:, None]], dim=1)
 
-    state = torch.cat([x0.double().flatten(1), torch.zeros(n, 1, dtype=torch.float64, device=x0.device)], dim=1)
+    state = torch.cat([alpha0 * x0.double().flatten(1), torch.zeros(n, 1, dtype=torch.float64, device=x0.device)], 1)
     gammas = torch.tensor([gamma_min, gamma_max], dtype=torch.float64, device=x0.device)
     with torch.no_grad():
         final = odeint(augmented, state, gammas, method="dopri5", rtol=rtol, atol=atol,
-                       options=dict(norm=per_image_max_rms, step_t=gammas[1:]))[-1]
-    return prior_log_density(final[:, :dim], gamma_max) + final[:, dim], calls
+                       options=dict(norm=norm, step_t=gammas[1:]))[-1]
+    return prior_log_density(final[:, :dim]) + final[:, dim] + dim * math.log(alpha0), calls
 
 
 def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-5, dequantization: str = "tn",
-            batch_size: int = 64, device=None, progress: Callable[[int], None] | None = None) -> LikelihoodRecord:
+            batch_size: int = 64, error_norm: str = "batch-rms", device=None,
+            progress: Callable[[int], None] | None = None) -> LikelihoodRecord:
     """PF-ODE NLL bound (Eq. 9) in bits/dim of uint8 images [N, H, W, C] under `expert` on its gamma range.
 
     Image j's dequantisation noise and then its Rademacher probe come from a generator seeded with
     seeds[j] (default j). The prior is N(0, I) at gamma_max. Batches of `batch_size` images are solved
-    as one ODE system with one shared adaptive step size; the error norm takes each image's RMS over its
-    own [x, log-density] state and the maximum over the batch, so the step is set by the hardest image
-    and every image meets rtol/atol. Results therefore depend on the batch only within solver
-    tolerance. `progress(done)` is called after each batch. NFE counts evaluations of the augmented ODE
-    (one network forward and one VJP each), shared by the images of a batch.
+    as one ODE system with one shared adaptive step size: with `error_norm` "batch-rms" (score_sde's, the
+    paper's NFE) the RMS over the whole batch's [z, log-density] state meets rtol/atol; with "image-max"
+    every image's does. Results depend on the batch within solver tolerance, and NFE on the batch size.
+    `progress(done)` is called after each batch. NFE counts evaluations of the augmented ODE (one network
+    forward and one VJP each), shared by the images of a batch.
     """
     images, seeds = _check_call(expert, images, seeds, batch_size)
     if not (math.isfinite(rtol) and math.isfinite(atol) and rtol > 0 and atol > 0):
         raise ValueError(f"tolerances must be finite and > 0, got rtol={rtol}, atol={atol}")
     if dequantization not in DEQUANTIZATIONS:
         raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}")
+    solver_norm(error_norm)  # refuse an unknown norm before any work
     device = torch.device(device or "cpu")
     s0 = gamma_to_noise_level(float(expert.gamma_min))
     bpds, nfes = [], []
@@ -218,7 +219,8 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
         else:
             x0, log_q = dequantize_uniform(x, generators)
         probe = rademacher(generators, x.shape[1:], device)
-        log_p, calls = ode_log_density(expert, x0, probe, rtol=rtol, atol=atol, indices=indices)
+        log_p, calls = ode_log_density(expert, x0, probe, rtol=rtol, atol=atol, error_norm=error_norm,
+                                       indices=indices)
         bpd = -(log_p - log_q) / (x[0].numel() * math.log(2))
         _raise_if_not_finite(bpd, indices, "the ODE bpd (the expert's output was finite; the solve overflowed)")
         bpds.append(bpd.cpu())

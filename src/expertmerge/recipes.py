@@ -24,6 +24,7 @@ class Recipe:
     ema_rampup: float | None       # half-life at most this ratio of the images so far (EDM), or None
     network: dict = field(default_factory=dict)  # overrides of the preset's network hyper-parameters
     constants: dict = field(default_factory=dict)  # family constants other than its defaults (EDM: sigma_data)
+    pixels: dict | None = None     # the data convention it trains on ({scale, offset}: x = scale k + offset); None: ours
 
     def steps(self, batch_size: int | None = None) -> int:
         return math.ceil(self.total_images / (batch_size or self.batch_size))
@@ -40,7 +41,8 @@ RECIPES = {
     "edm-imagenet32": Recipe(family="edm", preset="cifar10", batch_size=1024, total_images=1_000_000_000,
                              lr=10e-4, betas=(0.9, 0.999), weight_decay=0.0, lr_rampup_images=10_000_000,
                              ema_decay=None, ema_halflife_images=500_000, ema_rampup=0.05,
-                             network=dict(augment_dim=0, dropout=0.13)),
+                             network=dict(augment_dim=0, dropout=0.13),
+                             pixels={"scale": 1 / 127.5, "offset": -1.0}),  # NVlabs' training_loop: k/127.5 - 1
 }
 
 

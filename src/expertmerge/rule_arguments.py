@@ -136,8 +136,11 @@ def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str
     """Images start:stop of the shard (image i uses seed i), their FID features stored with them."""
     sampling = config["experiments"][experiment]["sampling"]
     start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(shard)]
-    solver = (options(rtol=sampling["ode"]["rtol"], atol=sampling["ode"]["atol"]) if sampler == "ode"
-              else options(steps=sampling["ancestral"]["steps"]))
+    ode, ancestral = sampling["ode"], sampling["ancestral"]
+    solver = (options(rtol=ode["rtol"], atol=ode["atol"], error_norm=ode.get("error_norm", "batch-rms"))
+              if sampler == "ode" else options(steps=ancestral["steps"]))
+    if sampler == "ancestral" and ancestral.get("clip_denoised", True):
+        solver += " --clip-denoised"
     return " ".join([expert_pair(config, experiment), options(eta=eta, sampler=sampler), solver,
                      options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"]),
                      feature_network(config, experiment)])
@@ -148,7 +151,8 @@ def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: 
     return " ".join([expert_pair(config, experiment),
                      options(eta=eta, data=splits, split="test", shard=shard, shards=nll["shards"],
                              images=nll.get("images"), rtol=nll["rtol"], atol=nll["atol"],
-                             dequantization=nll["dequantization"], batch_size=nll["batch_size"])])
+                             dequantization=nll["dequantization"], error_norm=nll.get("error_norm", "batch-rms"),
+                             batch_size=nll["batch_size"])])
 
 
 def vlb_run_arguments(config: dict, experiment: str, eta: str, runs: str, splits: str) -> str:

@@ -1,8 +1,10 @@
 """Samplers over any expert: the adaptive PF-ODE, EDM's Heun (Algorithm 1) and VDM's ancestral.
 
-All work in VE coordinates x = z/alpha on the expert's gamma range. The prior is the VP one,
-z ~ N(0, I) at gamma_max, i.e. x = sqrt(1 + s_max^2) * n. Image i draws its latent and any
-later noise from its own generator seeded with seeds[i], so results do not depend on batching.
+All run on the expert's gamma range from the VP prior z ~ N(0, I) at gamma_max. The PF-ODE integrates
+the VP state z, as score_sde's RK45 sampler does (the paper's NFE are counted so); Heun and the
+ancestral sampler step in VE coordinates x = z/alpha. Image i draws its latent and any later noise
+from its own generator seeded with seeds[i]. The fixed-step samplers' images therefore do not depend
+on batching; the adaptive solver shares one step size per batch (see `ERROR_NORMS`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from .experts.base import check_expert
 from .images import to_uint8
 from .merge import pieces
-from .noise import gamma_to_noise_level
+from .noise import gamma_to_noise_level, vp_alpha_sigma
 from .seeding import per_image_draw, per_image_generators
 
 
@@ -68,31 +70,55 @@ def _prior(expert, generators, shape, device) -> torch.Tensor:
     return math.sqrt(1 + s_max**2) * _normal(generators, shape, device)
 
 
+def batch_rms(error_ratio: torch.Tensor) -> torch.Tensor:
+    """Solver error norm: the RMS over every component of the batch's state, as scipy's solve_ivp in score_sde."""
+    return error_ratio.pow(2).mean().sqrt()
+
+
 def per_image_max_rms(error_ratio: torch.Tensor) -> torch.Tensor:
     """Solver error norm: the worst image's RMS, so every image in the batch meets the tolerance."""
     return error_ratio.reshape(error_ratio.shape[0], -1).pow(2).mean(dim=1).sqrt().max()
 
 
+# How the adaptive solvers measure a batch's error. A batch is one ODE system with one step size, so its
+# NFE, and within tolerance its results, depend on the batch: "batch-rms" is the paper's (score_sde's)
+# count, to be read with its batch size; "image-max" makes every image meet the tolerance.
+ERROR_NORMS = {"batch-rms": batch_rms, "image-max": per_image_max_rms}
+
+
+def solver_norm(name: str):
+    if name not in ERROR_NORMS:
+        raise ValueError(f"error_norm must be one of {', '.join(ERROR_NORMS)}, got {name!r}")
+    return ERROR_NORMS[name]
+
+
+def vp_velocity(denoised: torch.Tensor, z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The VP PF-ODE in gamma (Eq. 5 with f = -sigma^2/2, g^2 = sigma^2): dz/dgamma = alpha (alpha z - D) / 2."""
+    return alpha * (alpha * z - denoised) / 2
+
+
 def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, batch_size: int = 64,
-               device=None) -> SampleRecord:
-    """PF-ODE dx/dgamma = (x - D(x; e^(gamma/2)))/2 from gamma_max to gamma_min with dopri5."""
+               error_norm: str = "batch-rms", device=None) -> SampleRecord:
+    """The VP PF-ODE from z ~ N(0, I) at gamma_max to gamma_min with dopri5 (RK45), then x = z/alpha."""
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"tolerances must be > 0, got rtol={rtol}, atol={atol}")
+    norm = solver_norm(error_norm)
 
     def batch(expert, generators, shape, device):
         gamma_min, gamma_max, calls = float(expert.gamma_min), float(expert.gamma_max), 0
 
-        def velocity(gamma, x):
+        def velocity(gamma, z):
             nonlocal calls
             calls += 1
             gamma = min(max(float(gamma), gamma_min), gamma_max)  # dopri5's initial-step trial may overshoot
-            return (x - expert.denoise(x, gamma_to_noise_level(gamma))) / 2
+            alpha, _ = vp_alpha_sigma(gamma)
+            return vp_velocity(expert.denoise(z / alpha, gamma_to_noise_level(gamma)), z, alpha)
 
         gammas = torch.tensor([gamma_max, gamma_min], dtype=torch.float64)
         # step_t makes the last step end on gamma_min instead of stepping past it and interpolating back.
-        path = odeint(velocity, _prior(expert, generators, shape, device), gammas, method="dopri5",
-                      rtol=rtol, atol=atol, options=dict(norm=per_image_max_rms, step_t=gammas[1:]))
-        return path[-1], calls
+        path = odeint(velocity, _normal(generators, shape, device), gammas, method="dopri5",
+                      rtol=rtol, atol=atol, options=dict(norm=norm, step_t=gammas[1:]))
+        return path[-1] / vp_alpha_sigma(gamma_min)[0], calls
 
     return _in_batches(batch, expert, seeds, shape, batch_size, device)
 
@@ -120,7 +146,8 @@ def _step_expert(expert, gamma_from: float):
 
 def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, noise_levels=None,
                 batch_size: int = 64, device=None) -> SampleRecord:
-    """EDM Algorithm 1 (deterministic Heun, rho = 7); no step straddles two experts.
+    """EDM Algorithm 1 (deterministic Heun, rho = 7); no step straddles two experts. As NVlabs' `edm_sampler`,
+    it starts from x = s_max n (not the VP prior's sqrt(1 + s_max^2) n) and keeps its state in float64.
 
     `noise_levels` (decreasing, ending in 0) overrides the schedule `heun_noise_levels(expert, steps, rho)`.
     """
@@ -129,14 +156,14 @@ def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, nois
         raise ValueError("noise_levels must decrease strictly and end in 0")
 
     def batch(expert, generators, shape, device):
-        x, calls = _prior(expert, generators, shape, device), 0
+        x, calls = levels[0] * _normal(generators, shape, device).double(), 0  # NVlabs: x = sigma_max n, float64
         for s_cur, s_next in zip(levels[:-1], levels[1:]):
             step_expert = _step_expert(expert, 2 * math.log(s_cur))
-            d = (x - step_expert.denoise(x, s_cur)) / s_cur
+            d = (x - step_expert.denoise(x.float(), s_cur).double()) / s_cur
             x_next = x + (s_next - s_cur) * d
             calls += 1
             if s_next > 0:  # second-order correction, skipped on the final step to 0
-                d_next = (x_next - step_expert.denoise(x_next, s_next)) / s_next
+                d_next = (x_next - step_expert.denoise(x_next.float(), s_next).double()) / s_next
                 x_next = x + (s_next - s_cur) * (d + d_next) / 2
                 calls += 1
             x = x_next
@@ -145,10 +172,11 @@ def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, nois
     return _in_batches(batch, expert, seeds, shape, batch_size, device)
 
 
-def sample_ancestral(expert, seeds, shape, *, steps: int = 256, batch_size: int = 64,
+def sample_ancestral(expert, seeds, shape, *, steps: int = 256, clip_denoised: bool = False, batch_size: int = 64,
                      device=None) -> SampleRecord:
     """VDM's ancestral sampler on a linear gamma grid, in VE coordinates:
-    x_s = x_t - c (x_t - D(x_t; s_t)) + s_s sqrt(c) n,  c = 1 - exp(gamma_s - gamma_t)."""
+    x_s = x_t - c (x_t - D(x_t; s_t)) + s_s sqrt(c) n,  c = 1 - exp(gamma_s - gamma_t).
+    `clip_denoised` clips D to [-1, 1] first, as the VDM re-implementation's `clip_samples` does."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
 
@@ -160,6 +188,7 @@ def sample_ancestral(expert, seeds, shape, *, steps: int = 256, batch_size: int 
             gamma_s = gamma_min + (i - 1) / steps * (gamma_max - gamma_min)
             c = -math.expm1(gamma_s - gamma_t)
             denoised = expert.denoise(x, gamma_to_noise_level(gamma_t))
+            denoised = denoised.clamp(-1, 1) if clip_denoised else denoised
             noise = _normal(generators, shape, device)
             x = x - c * (x - denoised) + gamma_to_noise_level(gamma_s) * math.sqrt(c) * noise
         return x, steps

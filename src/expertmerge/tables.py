@@ -83,7 +83,10 @@ def nll_summary(records) -> pd.DataFrame:
     if "bpd_mean" in df.columns or "bpd" not in df.columns:
         return check_records(df, ("bpd_mean", "bpd_sem", "nfe_mean"))
     by = _grouping(df)
-    return summarize(df, "bpd", by).merge(summarize(df, "nfe", by)[[*by, "nfe_mean"]], on=list(by))
+    out = summarize(df, "bpd", by).merge(summarize(df, "nfe", by)[[*by, "nfe_mean"]], on=list(by))
+    if "batch_size" in df.columns:  # NFE depend on the batch an adaptive solve shared: keep it beside them
+        out = out.merge(df.groupby(list(by), sort=False, dropna=False)["batch_size"].max().reset_index(), on=list(by))
+    return out
 
 
 def vlb_summary(records) -> pd.DataFrame:
@@ -132,9 +135,11 @@ def _finish(table: pd.DataFrame, decimals: dict, errors: dict) -> pd.DataFrame:
 def table1(records) -> pd.DataFrame:
     """Table 1: ODE test NLL (bpd) ± standard error and NFE per eta (per-image rows are reduced first)."""
     df = _in_eta_order(nll_summary(records))
-    table = df[["Threshold", "bpd_mean", "bpd_sem", "nfe_mean"]].set_axis(
-        ["Threshold", "NLL (bpd)", "NLL s.e.", "NFE"], axis=1)
-    return _finish(table, {"NLL (bpd)": 3, "NLL s.e.": 3, "NFE": 0}, {"NLL (bpd)": ("NLL s.e.", "s.e.")})
+    names = {"Threshold": "Threshold", "bpd_mean": "NLL (bpd)", "bpd_sem": "NLL s.e.", "nfe_mean": "NFE",
+             "batch_size": "NFE batch"}
+    table = df[[column for column in names if column in df.columns]].rename(columns=names)
+    return _finish(table, {"NLL (bpd)": 3, "NLL s.e.": 3, "NFE": 0, "NFE batch": 0},
+                   {"NLL (bpd)": ("NLL s.e.", "s.e.")})
 
 
 def table2(records) -> pd.DataFrame:
@@ -144,10 +149,11 @@ def table2(records) -> pd.DataFrame:
     for sampler in df["sampler"].unique():
         part = _in_eta_order(df[df["sampler"] == sampler])
         name = SAMPLER_NAMES.get(sampler, sampler)
-        names = {"fid": f"FID ({name})", "fid_spread": f"FID spread ({name})", "nfe_mean": f"NFE ({name})"}
+        names = {"fid": f"FID ({name})", "fid_spread": f"FID spread ({name})", "nfe_mean": f"NFE ({name})",
+                 "batch_size": f"NFE batch ({name})"}
         present = [c for c in names if c in part.columns and part[c].notna().any()]
         parts.append(part.set_index(["eta", "Threshold"])[present].rename(columns=names))
-        decimals.update({names["fid"]: 2, names["fid_spread"]: 2, names["nfe_mean"]: 0})
+        decimals.update({names["fid"]: 2, names["fid_spread"]: 2, names["nfe_mean"]: 0, names["batch_size"]: 0})
         errors[names["fid"]] = (names["fid_spread"], "seed spread")
     table = pd.concat(parts, axis=1).sort_index(level="eta", kind="stable").reset_index().drop(columns="eta")
     return _finish(table, decimals, errors)
@@ -192,16 +198,20 @@ def paper_table(number: int, records: dict) -> pd.DataFrame:
     """Table 1, 2 or 4 in the paper's layout; `records` maps a data set's display name to its records
     (per-image NLL rows, per-(sampler, eta) FID rows, or per-run VLB rows), in column order."""
     if number == 1:
-        parts = {name: _by_eta(nll_summary(frame), {"bpd_mean": "NLL", "nfe_mean": "NFE"})
-                 for name, frame in records.items()}
-        return _eta_columns(parts, {"NLL": "NLL", "NFE": "NFE"}, {"NLL": 2, "NFE": 0})
+        parts = {name: _by_eta(summary, {key: shown for key, shown in
+                                         (("bpd_mean", "NLL"), ("nfe_mean", "NFE"), ("batch_size", "NFE batch"))
+                                         if key in summary.columns})
+                 for name, summary in ((name, nll_summary(frame)) for name, frame in records.items())}
+        return _eta_columns(parts, {"NLL": "NLL", "NFE": "NFE", "NFE batch": "NFE batch"},
+                            {"NLL": 2, "NFE": 0, "NFE batch": 0})
     if number == 2:
         parts = {}
         for name, frame in records.items():
             frame = check_records(frame, ("sampler", "fid", "nfe_mean"))
+            shown = {"fid": "FID", "nfe_mean": "NFE", "batch_size": "NFE batch"}
             pieces = [_by_eta(frame[frame["sampler"] == sampler],
-                              {"fid": f"FID ({SAMPLER_NAMES.get(sampler, sampler)})",
-                               "nfe_mean": f"NFE ({SAMPLER_NAMES.get(sampler, sampler)})"})
+                              {key: f"{name} ({SAMPLER_NAMES.get(sampler, sampler)})" for key, name in shown.items()
+                               if key in frame.columns})
                       for sampler in frame["sampler"].unique()]
             parts[name] = pd.concat(pieces, axis=1)
         metrics = {column: column for part in parts.values() for column in part.columns}

@@ -35,7 +35,7 @@ import torch
 
 from .experts.checkpoint import build_network, family_module, save_expert
 from .files import atomic_path
-from .images import from_uint8
+from .images import PixelScale, from_uint8
 from .optimization import EMA, make_optimizer, optimizer_step, ramped_lr
 from .recipes import Recipe, get_recipe
 
@@ -117,6 +117,9 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
 
     torch.manual_seed(seed_for(seed, 1))  # initial weights: the same on every rank
     meta = dict(expert_meta(recipe, images.shape[3]), image_shape=[images.shape[3], *images.shape[1:3]])  # C, H, W
+    pixels = PixelScale.from_record(recipe.pixels) if recipe.pixels else None
+    if pixels:
+        meta["pixels"] = pixels.record()  # loading the expert then applies the change of variables
     net = build_network(meta).to(device).train()
     ema = EMA(net, recipe.ema_decay if recipe.ema_decay is not None else 0.5 ** (batch_size / recipe.ema_halflife_images),
               recipe.ema_rampup)
@@ -140,7 +143,7 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
     started, losses = time.perf_counter(), []
     for step in range(start_step, steps):
         indices = batch_indices(len(images), batch_size, step, seed)[rank * local:(rank + 1) * local]
-        x0 = from_uint8(images[indices]).to(device)
+        x0 = from_uint8(images[indices], pixels).to(device)
         torch.manual_seed(seed_for(seed, 2, step, rank))  # dropout
         generator = torch.Generator().manual_seed(seed_for(seed, 3, step, rank))  # noise levels and noise
         loss = loss_fn(model, x0, generator).mean()

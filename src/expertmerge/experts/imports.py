@@ -53,8 +53,16 @@ def import_expert(source, fmt: str, out_stem, *, family: str, gamma_min: float, 
 
 def _expertmerge(stem: Path):
     expert = load_expert(stem)  # checks the JSON and loads the weights strictly
-    kept = {key: expert.meta[key] for key in ("pixels",) if key in expert.meta}
-    return expert.net, dict(network=expert.meta.get("network", "SmallUNet"), net=expert.meta["net"], **kept)
+    meta = expert.meta
+    kept = {key: meta[key] for key in ("pixels",) if key in meta}
+    return expert.net, dict(network=meta.get("network", "SmallUNet"), net=meta["net"],
+                            constants=_range_free_constants(meta), **kept)
+
+
+def _range_free_constants(meta: dict) -> dict:
+    """The family constants of a checkpoint that do not follow from its valid range (EDM: sigma_data)."""
+    one, other = (expert_constants(meta["family"], *ends) for ends in ((-1.0, 1.0), (-2.0, 2.0)))
+    return {key: meta[key] for key in one if key != "family" and one[key] == other[key] and key in meta}
 
 
 def _load_exactly(net: torch.nn.Module, state: dict, path) -> None:

@@ -12,7 +12,8 @@ foreign checkpoint formats it imports. Everything else is in the family's module
   `LOSS`, its one-line description;
 * `TRAINING`: the demo trainer's hyper-parameters that differ from `expertmerge.training`'s defaults;
 * `IMPORTERS`: {format: importer(path, *, checksum, gamma_min, gamma_max, network) -> (net, state dict,
-  provenance)}, provenance holding "network", "net" and optionally "pixels" (its data convention);
+  provenance)}, provenance holding "network", "net" and optionally "pixels" (its data convention) and
+  "constants" (checkpoint fields the file fixes, e.g. EDM's sigma_data, written over `constants()`'s);
 * `recipe_network(recipe, img_channels) -> {"network": name, "net": hyper-parameters}` for the
   paper-scale trainer (optional: a family without it has no recipes).
 

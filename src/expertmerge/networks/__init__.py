@@ -1,6 +1,6 @@
 """Expert networks: `small_unet`, the demo's SmallUNet; and paper-scale networks that load published
-checkpoints unchanged: `ddpmpp`, EDM's DDPM++ (`SongUNet`) with `VPPrecond`; `vdm_unet`, the VDM
-U-Net. Import the submodule you need (nothing is imported here, so `import expertmerge` stays light).
+checkpoints unchanged: `ddpmpp`, EDM's DDPM++ (`SongUNet`); `nvlabs_precond`, NVlabs' `VPPrecond` and
+`VEPrecond`; `vdm_unet`, the VDM U-Net. Import the submodule you need (nothing is imported here, so `import expertmerge` stays light).
 """
 
 

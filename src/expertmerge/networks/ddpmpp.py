@@ -1,9 +1,9 @@
-"""EDM's DDPM++ network (`SongUNet`) and its VP preconditioning (`VPPrecond`), after
-Karras et al. 2022 (NVlabs' `training/networks.py`), itself a re-implementation of DDPM++/NCSN++
-(Song et al. 2021, "Score-based generative modeling through SDEs").
+"""EDM's DDPM++ network (`SongUNet`), after Karras et al. 2022 (NVlabs' `training/networks.py`), itself
+a re-implementation of DDPM++/NCSN++ (Song et al. 2021, "Score-based generative modeling through SDEs").
+Its VP and VE preconditionings are in `nvlabs_precond`.
 
 Every module, parameter and buffer carries NVlabs' name, so the `ema` network of a published EDM
-checkpoint loads with `VPPrecond(**DDPMPP_PRESETS["cifar10"]).load_state_dict(state)`: keys
+checkpoint loads with `nvlabs_precond.VPPrecond(**DDPMPP_PRESETS["cifar10"]).load_state_dict(state)`: keys
 `model.map_noise...`, `model.map_layer0.weight`, `model.enc.32x32_conv.weight`,
 `model.enc.32x32_block0.norm0.weight`, `model.dec.16x16_block0.qkv.weight`, ...
 Numerics follow the original: q/k/v interleaved per channel, GroupNorm eps 1e-6, resampling by a
@@ -319,60 +319,6 @@ class SongUNet(nn.Module):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
         return aux
-
-
-class VPPrecond(nn.Module):
-    """EDM's preconditioning of the VP formulation (Karras et al. 2022, Table 1):
-    D(x; sigma) = x - sigma F(x / sqrt(sigma^2 + 1); (M - 1) sigma^-1(sigma)), where
-    sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) is the VP schedule and sigma^-1 its inverse.
-
-    `net(x, sigma, class_labels=None, augment_labels=None) -> D`, x float [N, C, R, R], sigma a float
-    or [N]. The SongUNet is `net.model`; `model_kwargs` go to it (see DDPMPP_PRESETS).
-    """
-
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, beta_d: float = 19.9,
-                 beta_min: float = 0.1, M: int = 1000, epsilon_t: float = 1e-5, model_type: str = "SongUNet",
-                 **model_kwargs):
-        super().__init__()
-        check_choice("model_type", model_type, ("SongUNet",))
-        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
-        self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
-        # In float64: NVlabs' float32 exp(.) - 1 gives sigma_min = 0.000977 instead of 0.001000.
-        self.sigma_min = float(self.sigma(torch.tensor(epsilon_t, dtype=torch.float64)))
-        self.sigma_max = float(self.sigma(torch.tensor(1.0, dtype=torch.float64)))
-        self.model = SongUNet(img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels,
-                              label_dim=label_dim, **model_kwargs)
-
-    def forward(self, x: torch.Tensor, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
-        shape = [self.img_channels, self.img_resolution, self.img_resolution]
-        if x.ndim != 4 or list(x.shape[1:]) != shape:
-            raise ValueError(f"VPPrecond expects x of shape [N, {', '.join(map(str, shape))}], got {list(x.shape)}")
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-        if sigma.numel() not in (1, x.shape[0]):
-            raise ValueError(f"VPPrecond expects sigma as a number or of shape [N] = [{x.shape[0]}], "
-                             f"got {list(sigma.shape)}")
-        sigma = sigma.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
-        if self.label_dim:
-            class_labels = (torch.zeros([1, self.label_dim], device=x.device) if class_labels is None
-                            else class_labels.to(torch.float32).reshape(-1, self.label_dim))
-        # float32 throughout, as in training: the network learned the float32 rounding of c_noise.
-        c_out, c_in, c_noise = -sigma, 1 / (sigma**2 + 1).sqrt(), (self.M - 1) * self.sigma_inv(sigma)
-        F_x = self.model(c_in * x, c_noise.flatten(), class_labels=class_labels, augment_labels=augment_labels)
-        return x + c_out * F_x.to(torch.float32)  # c_skip = 1
-
-    def sigma(self, t):
-        """VP noise level at time t: sqrt(exp(beta_d t^2/2 + beta_min t) - 1)."""
-        t = torch.as_tensor(t)
-        return ((0.5 * self.beta_d * t**2 + self.beta_min * t).exp() - 1).sqrt()
-
-    def sigma_inv(self, sigma):
-        """The t with sigma(t) = sigma: (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d."""
-        sigma = torch.as_tensor(sigma)
-        return ((self.beta_min**2 + 2 * self.beta_d * (1 + sigma**2).log()).sqrt() - self.beta_min) / self.beta_d
-
-    def round_sigma(self, sigma):
-        return torch.as_tensor(sigma)
 
 
 def check_choice(name: str, value, allowed: tuple) -> None:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from expertmerge.experts.checkpoint import build_network, load_expert
 from expertmerge.recipes import RECIPES, get_recipe
+from expertmerge.optimization import EMA, make_optimizer, ramped_lr
 from expertmerge.train_recipe import CHECKPOINT_NAME, META_NAME, WEIGHTS_NAME, batch_indices, expert_meta, train
 
 TINY = {
@@ -57,7 +58,8 @@ def test_killed_and_resumed_run_ends_bit_identical(family, tmp_path):
     states = [torch.load(tmp_path / run / CHECKPOINT_NAME, weights_only=True) for run in ("whole", "resumed")]
     assert states[0]["step"] == states[1]["step"] == 6
     assert all(torch.equal(states[0]["net"][key], states[1]["net"][key]) for key in states[0]["net"])
-    assert all(not torch.equal(whole[key], states[0]["net"][key]) for key in whole if key.endswith("weight"))
+    copying = recipe.ema_power is not None  # ema-pytorch copies the weights for its first 100 updates
+    assert all(torch.equal(whole[key], states[0]["net"][key]) == copying for key in whole if key.endswith("weight"))
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
@@ -78,3 +80,20 @@ def test_batches_walk_through_epoch_permutations_whatever_the_split():
 def test_unknown_recipe_names_the_known_ones():
     with pytest.raises(ValueError, match="edm-imagenet32, vdm-cifar10, vdm-imagenet32"):
         get_recipe("vdm-cifar100")
+
+
+def test_vdm_recipes_are_the_reimplementations_trainer():
+    """addtt/variational-diffusion-models' Trainer, which the paper trained: plain AdamW over all parameters,
+    gradient norm clipped to 1, no warm-up, ema-pytorch 0.1.4's EMA (beta 0.9999, power 3/4, 100 copy steps)."""
+    for name in ("vdm-cifar10", "vdm-imagenet32"):
+        recipe = RECIPES[name]
+        assert (recipe.lr, recipe.betas, recipe.weight_decay, recipe.weight_decay_on) == (2e-4, (0.9, 0.99), 0.01, "all")
+        assert recipe.grad_clip == 1.0 and recipe.lr_rampup_images == 0 and recipe.ema_power == 0.75
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.GroupNorm(1, 3))
+    groups = make_optimizer(net, RECIPES["vdm-cifar10"]).param_groups
+    assert [len(g["params"]) for g in groups] == [4, 0] and groups[0]["weight_decay"] == 0.01
+    assert ramped_lr(2e-4, 0, 0) == 2e-4  # no warm-up: the full rate from the first step
+    ema = EMA(net, 0.9999, rampup=None, power=0.75)
+    assert [ema.beta(step) for step in (0, 100)] == [0.0, 0.0]  # copies while step <= update_after_step
+    assert ema.beta(101) == pytest.approx(1 - 2 ** -0.75) and ema.beta(10**9) == 0.9999
+    assert ema.beta(10_100) == pytest.approx(1 - 10_001 ** -0.75)  # 0.9990 at 10k steps, as its docs say

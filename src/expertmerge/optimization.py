@@ -13,17 +13,24 @@ class EMA:
     """Exponential moving average of a network's parameters: p_ema <- beta p_ema + (1 - beta) p.
 
     beta = min(decay, 0.5^(1/(rampup * step))): EDM's ramp-up keeps the half-life at most
-    `rampup` times the number of steps done so far (`rampup=None` uses `decay` throughout).
+    `rampup` times the number of steps done so far (`rampup=None` uses `decay` throughout). With
+    `power`, ema-pytorch 0.1.4's warm-up instead (the VDM re-implementation's EMA): the first
+    COPY_STEPS + 1 updates copy the weights, then beta = min(decay, 1 - (1 + k)^-power), k = step - COPY_STEPS.
     """
 
-    def __init__(self, net: torch.nn.Module, decay: float, rampup: float | None = 0.05):
+    COPY_STEPS = 100  # ema-pytorch's update_after_step
+
+    def __init__(self, net: torch.nn.Module, decay: float, rampup: float | None = 0.05, power: float | None = None):
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}")
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
-        self.decay, self.rampup = float(decay), rampup
+        self.decay, self.rampup, self.power = float(decay), rampup, power
 
     def beta(self, step: int) -> float:
         """Decay used for the update after `step` earlier updates."""
+        if self.power is not None:
+            k = step - self.COPY_STEPS
+            return 0.0 if k <= 0 else min(self.decay, 1 - (1 + k) ** -self.power)
         if self.rampup is None:
             return self.decay
         return min(self.decay, 0.5 ** (1 / max(self.rampup * step, 1e-8)))
@@ -40,16 +47,19 @@ class EMA:
 
 def make_optimizer(net: torch.nn.Module, config) -> torch.optim.Optimizer:
     """AdamW (config.lr, .betas) with decoupled weight decay (config.weight_decay) on weight matrices and
-    kernels only, as VDM masks biases and norm scales; EDM's Adam is the case weight_decay = 0."""
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    rest = [p for p in net.parameters() if p.ndim <= 1]
+    kernels only, as VDM masks biases and norm scales, or on every parameter with config.weight_decay_on
+    "all", as the VDM re-implementation's plain AdamW does; EDM's Adam is the case weight_decay = 0."""
+    everything = getattr(config, "weight_decay_on", "weights") == "all"
+    decay = [p for p in net.parameters() if p.ndim > 1 or everything]
+    rest = [p for p in net.parameters() if not (p.ndim > 1 or everything)]
     groups = [dict(params=decay, weight_decay=config.weight_decay), dict(params=rest, weight_decay=0.0)]
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=1e-8)
 
 
 def ramped_lr(lr: float, progress: float, ramp: float) -> float:
-    """`lr` ramped up linearly over `ramp` units of progress (steps, or images as NVlabs counts), then constant."""
-    return lr * min(progress / max(ramp, 1e-8), 1.0)
+    """`lr` ramped up linearly over `ramp` units of progress (steps, or images as NVlabs counts), then constant;
+    no ramp (ramp <= 0) is `lr` from the first step."""
+    return lr if ramp <= 0 else lr * min(progress / ramp, 1.0)
 
 
 def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, *,

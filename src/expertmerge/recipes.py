@@ -25,18 +25,22 @@ class Recipe:
     network: dict = field(default_factory=dict)  # overrides of the preset's network hyper-parameters
     constants: dict = field(default_factory=dict)  # family constants other than its defaults (EDM: sigma_data)
     pixels: dict | None = None     # the data convention it trains on ({scale, offset}: x = scale k + offset); None: ours
+    ema_power: float | None = None  # ema-pytorch's warm-up power (the VDM re-implementation's EMA), or None
+    grad_clip: float | None = None  # max global gradient norm, or None
+    weight_decay_on: str = "weights"  # "weights" (matrices and kernels) or "all" parameters
 
     def steps(self, batch_size: int | None = None) -> int:
         return math.ceil(self.total_images / (batch_size or self.batch_size))
 
 
-_VDM = dict(family="vdm", lr=2e-4, betas=(0.9, 0.99), weight_decay=0.01, ema_decay=0.9999,
-            ema_halflife_images=None, ema_rampup=None)
+# The VDM re-implementation's Trainer (addtt/variational-diffusion-models train.py), which the paper trained:
+# AdamW(lr 2e-4, betas (0.9, 0.99), weight decay 0.01 on all parameters, eps 1e-8), no lr warm-up, gradient
+# norm clipped to 1, EMA by ema-pytorch 0.1.4 (beta 0.9999, power 3/4, update every step).
+_VDM = dict(family="vdm", lr=2e-4, betas=(0.9, 0.99), weight_decay=0.01, weight_decay_on="all", lr_rampup_images=0,
+            grad_clip=1.0, ema_decay=0.9999, ema_power=0.75, ema_halflife_images=None, ema_rampup=None)
 RECIPES = {
-    "vdm-cifar10": Recipe(preset="cifar10", batch_size=128, total_images=128 * 10_000_000,
-                          lr_rampup_images=128 * 100, **_VDM),
-    "vdm-imagenet32": Recipe(preset="imagenet32", batch_size=512, total_images=512 * 2_000_000,
-                             lr_rampup_images=512 * 100, **_VDM),
+    "vdm-cifar10": Recipe(preset="cifar10", batch_size=128, total_images=128 * 10_000_000, **_VDM),
+    "vdm-imagenet32": Recipe(preset="imagenet32", batch_size=512, total_images=512 * 2_000_000, **_VDM),
     # NVlabs' ddpmpp defaults: channel_mult [2, 2, 2], dropout 0.13; no augment pipe (see above).
     "edm-imagenet32": Recipe(family="edm", preset="cifar10", batch_size=1024, total_images=1_000_000_000,
                              lr=10e-4, betas=(0.9, 0.999), weight_decay=0.0, lr_rampup_images=10_000_000,

@@ -2,11 +2,12 @@
 
 `train(recipe, images, out_dir)` trains one expert from a recipe in `RECIPES`:
 
-* "vdm-cifar10": VDM (Kingma et al. 2021) on CIFAR-10: the VDM U-Net with 128 channels, its
-  continuous-time diffusion loss (Eq. 17) on the fixed linear gamma in [-13.3, 5], AdamW lr 2e-4,
-  betas (0.9, 0.99), weight decay 0.01 on weights only, 100 warm-up steps, batch 128, EMA 0.9999,
+* "vdm-cifar10": VDM (Kingma et al. 2021) on CIFAR-10 as the PyTorch re-implementation the paper
+  trained does it: the VDM U-Net with 128 channels, its continuous-time diffusion loss (Eq. 17) on the
+  fixed linear gamma in [-13.3, 5], AdamW lr 2e-4, betas (0.9, 0.99), weight decay 0.01 on all
+  parameters, no warm-up, gradient norm clipped to 1, batch 128, ema-pytorch's EMA (0.9999, power 3/4),
   10M steps.
-* "vdm-imagenet32": as above with 256 channels, batch 512, 2M steps (warm-up kept at 100 steps).
+* "vdm-imagenet32": as above with 256 channels, batch 512, 2M steps.
 * "edm-imagenet32": NVlabs' `train.py --cond 0 --arch ddpmpp --duration 1000` (Karras et al. 2022):
   EDM's loss (Eq. 8, Table 1) and preconditioning (`--precond edm`, NVlabs' default) around
   the DDPM++ SongUNet, Adam lr 10e-4 ramped up over 10 Mimg, batch 1024, 1000 Mimg, EMA
@@ -122,7 +123,7 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
         meta["pixels"] = pixels.record()  # loading the expert then applies the change of variables
     net = build_network(meta).to(device).train()
     ema = EMA(net, recipe.ema_decay if recipe.ema_decay is not None else 0.5 ** (batch_size / recipe.ema_halflife_images),
-              recipe.ema_rampup)
+              recipe.ema_rampup, recipe.ema_power)
     optimizer = make_optimizer(net, recipe)
     start_step = 0
     if checkpoint_path.exists():
@@ -149,7 +150,7 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
         loss = loss_fn(model, x0, generator).mean()
         # NVlabs / optax: the ramp counts the images seen before this step
         optimizer_step(net, optimizer, loss, lr=ramped_lr(recipe.lr, step * batch_size, recipe.lr_rampup_images),
-                       ema=ema, step=step)
+                       ema=ema, step=step, grad_clip=recipe.grad_clip)
         losses.append(loss.detach())
         done = step + 1
         if rank == 0 and (done % log_every == 0 or done == steps):

@@ -6,10 +6,10 @@ A demo-sized EDM-preconditioned conv net (~180k parameters, 8x8x1) is trained fo
 steps on scikit-learn's digits so that its ODE is representative, then the first `--batch` digits
 are scored in one batch. Printed: images/s, NFE, the share of wall time inside the network
 (forward and VJP, timed around the net itself), and for the reference -- one
-scipy.integrate.solve_ivp(RK45) on the flattened batch with the same tolerances, dequantisation
-noise, probes and ODE function, as in score_sde's likelihood code -- its throughput and the
-per-image bpd difference. The reference's error norm is an RMS over the whole batch, looser than
-ode_nll's per-image maximum.
+scipy.integrate.solve_ivp(RK45) on the flattened batch's VP state [z, L] with the same tolerances,
+dequantisation noise, probes and ODE function, as in score_sde's likelihood code (whose NFE the
+paper reports) -- its throughput, NFE and the per-image bpd difference. Both measure the error as an
+RMS over the whole batch (ode_nll's default error_norm "batch-rms"), so their NFE should agree.
 """
 import argparse
 import math
@@ -24,8 +24,8 @@ from torch import nn
 from expertmerge.experts import EDMExpert
 from expertmerge.images import from_uint8
 from expertmerge.likelihood import (dequantize_tn, ode_nll, prior_log_density, rademacher,
-                                    velocity_and_divergence)
-from expertmerge.noise import gamma_to_noise_level
+                                    vp_velocity_and_divergence)
+from expertmerge.noise import gamma_to_noise_level, vp_alpha_sigma
 
 SIGMA_DATA = 0.5
 
@@ -118,15 +118,16 @@ def scipy_reference(expert, images, tol):
     def fun(gamma, state):
         nonlocal calls
         calls += 1
-        velocity, divergence = velocity_and_divergence(expert, torch.from_numpy(state[:n * dim]).reshape(x.shape),
-                                                       gamma, probe)
+        velocity, divergence = vp_velocity_and_divergence(expert, torch.from_numpy(state[:n * dim]).reshape(x.shape),
+                                                          gamma, probe)
         return np.concatenate([velocity.flatten().numpy(), divergence.numpy()])
 
-    state = np.concatenate([x0.flatten().numpy(), np.zeros(n)])
+    alpha0 = vp_alpha_sigma(expert.gamma_min)[0]
+    state = np.concatenate([alpha0 * x0.flatten().numpy(), np.zeros(n)])
     solution = scipy.integrate.solve_ivp(fun, (expert.gamma_min, expert.gamma_max), state, method="RK45",
                                          rtol=tol, atol=tol)
     final = torch.from_numpy(solution.y[:, -1])
-    log_p = prior_log_density(final[:n * dim].reshape(x.shape), expert.gamma_max) + final[n * dim:]
+    log_p = prior_log_density(final[:n * dim].reshape(x.shape)) + final[n * dim:] + dim * math.log(alpha0)
     return -(log_p - log_q) / (dim * math.log(2)), calls
 
 

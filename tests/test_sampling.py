@@ -104,3 +104,30 @@ def test_ode_never_leaves_the_experts_range(gaussian):
     spy = Spy(gaussian)
     sample_ode(spy, range(8), SHAPE)
     assert gaussian.gamma_min <= min(spy.gammas) and max(spy.gammas) <= gaussian.gamma_max
+
+
+class FirstInput:
+    """Wraps an expert and keeps the first x it is asked to denoise."""
+
+    def __init__(self, expert):
+        self.expert, self.gamma_min, self.gamma_max, self.first = expert, expert.gamma_min, expert.gamma_max, None
+
+    def denoise(self, x, s):
+        self.first = x.clone() if self.first is None else self.first
+        return self.expert.denoise(x, s)
+
+
+def test_heun_starts_as_nvlabs_edm_sampler(gaussian):
+    """NVlabs' edm_sampler: x = sigma_max * latents in float64 (not the VP prior's sqrt(1 + sigma_max^2))."""
+    recorder = FirstInput(gaussian)
+    sample_heun(recorder, [5], (1, 2, 2), steps=4)
+    s_max = heun_noise_levels(gaussian, 4)[0]
+    latent = torch.randn((1, 2, 2), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(recorder.first[0], (s_max * latent.double()).float())
+
+
+def test_ancestral_clips_the_denoised_estimate_as_vdm_clip_samples():
+    far = GaussianExpert(torch.full((1, 2, 2), 5.0, dtype=torch.float64), 0.01 * torch.eye(4, dtype=torch.float64),
+                         -13.3, 5.0)
+    clipped, free = (sample_ancestral(far, range(4), (1, 2, 2), steps=32, clip_denoised=clip).x for clip in (True, False))
+    assert clipped.max() < 1.01 and free.min() > 4  # D clipped to [-1, 1] at every step, as VDM's sampler does

@@ -1,7 +1,7 @@
 """The paper-scale training recipes (App. A of the merging paper), as plain data.
 
 Kept free of torch so that planning the workflow (config checks) does not import it;
-`expertmerge.trainer` runs them.
+`expertmerge.train_recipe` runs them.
 """
 from __future__ import annotations
 

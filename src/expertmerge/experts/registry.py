@@ -10,7 +10,7 @@ foreign checkpoint formats it imports. Everything else is in the family's module
 * `expert(meta, net) -> Expert`: the adapter to D(x; s) around a built network;
 * `loss(meta) -> loss_fn(net, x0, generator)`: the per-image training loss of that network, and
   `LOSS`, its one-line description;
-* `TRAINING`: the demo trainer's hyper-parameters that differ from `expertmerge.training`'s defaults;
+* `TRAINING`: the demo trainer's hyper-parameters that differ from `expertmerge.train_expert.DEFAULTS`;
 * `IMPORTERS`: {format: importer(path, *, checksum, gamma_min, gamma_max, network) -> (net, state dict,
   provenance)}, provenance holding "network", "net" and optionally "pixels" (its data convention) and
   "constants" (checkpoint fields the file fixes, e.g. EDM's sigma_data, written over `constants()`'s);

@@ -9,8 +9,10 @@ import torch
 from expertmerge.experts import GaussianExpert
 from expertmerge.images import from_uint8
 from expertmerge.likelihood import vlb
-from expertmerge.loss_profile import (crossings, diffusion_term_bpd, loss_profile, loss_profile_of_data,
-                                      mean_and_standard_error, profile_grid, profile_records)
+from expertmerge.loss_profile import (crossings, diffusion_term_bpd, in_range, loss_profile, loss_profile_of_data,
+                                      mean_and_standard_error, piece_integral, predicted_vlb, profile_grid,
+                                      profile_records)
+from expertmerge.merge import pieces, switch
 
 from conftest import gaussian_data
 from test_likelihood import Model, make_expert, quantised_samples
@@ -123,3 +125,27 @@ def test_a_correlated_gaussian_gives_its_eigenvalue_formula():
     lam = expert.eigenvalues
     mean_loss, error = mean_and_standard_error(loss)
     assert abs(mean_loss[0] - (lam / (lam + 1.0)).mean().item()) < 4 * error[0]
+
+
+def test_piece_integrals_interpolate_between_grid_points():
+    gammas = np.linspace(-2.0, 2.0, 5)
+    line = 3 * gammas + 1  # piecewise-linear interpolation is exact for a line
+    assert piece_integral(gammas, line, -1.5, 0.25) == pytest.approx((1.5 * 0.25**2 + 0.25) - (1.5 * 1.5**2 - 1.5))
+    with pytest.raises(ValueError, match="not over the piece"):
+        piece_integral(gammas, np.where(gammas < 0, np.nan, line), -1.0, 1.0)
+
+
+def test_predicted_vlb_equals_the_measured_vlb_of_single_experts_and_merges():
+    """The VLB is prior + reconstruction + 1/(2 ln 2) int L dgamma, so each expert's curve, measured once,
+    predicts the VLB of the expert alone and of every merge (Eq. 6-7), within Monte Carlo error."""
+    exact, n = make_expert(), 2000
+    wrong = GaussianExpert(exact.mean + 0.2, exact.cov, -12.43, 8.764)  # a mis-specified "quality" expert
+    images = quantised_samples(exact, n, seed=9)
+    gammas = np.union1d(profile_grid(-13.3, 8.764, 221), [-12.43, 5.0])  # a step of 0.1 and both experts' ends
+    curves = {id(e): mean_and_standard_error(loss_profile(e, images, gammas, evaluate=in_range(e, gammas),
+                                                          batch_size=n))[0] for e in (exact, wrong)}
+    for model in (exact, wrong, switch(wrong, exact, 0.3), switch(wrong, exact, 0.7)):
+        predicted = predicted_vlb(images, gammas, [(lo, hi, curves[id(e)]) for lo, hi, e in pieces(model)])
+        measured = torch.stack([vlb(model, images, seed=run, batch_size=n).bpd for run in range(1, 5)]).mean(0)
+        error = math.sqrt(2) * measured.std().item() / math.sqrt(n)  # the profile's noise is of the same size
+        assert abs(predicted["vlb"] - measured.mean().item()) < 4 * error, (model, predicted, measured.mean())

@@ -20,7 +20,7 @@ import torch
 
 from .experts.base import check_expert
 from .images import check_images, from_uint8
-from .noise import gamma_to_noise_level, vp_alpha_sigma
+from .noise import gamma_to_noise_level, linear_gamma, vp_alpha_sigma
 from .sampling import odeint, solver_norm, vp_velocity
 from .seeding import per_image_draw, per_image_generators, run_seeds
 
@@ -275,7 +275,7 @@ def diffusion_loss(expert, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
     """Continuous-time diffusion loss (Eq. 7) for the linear schedule on the expert's range, one t per row:
     1/2 gamma'(t) ||eps - eps_hat||^2 with x_t = x + s_t eps."""
     gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
-    s = gamma_to_noise_level(gamma_min + t.double() * (gamma_max - gamma_min))
+    s = gamma_to_noise_level(linear_gamma(t.double(), gamma_min, gamma_max))
     return 0.5 * (gamma_max - gamma_min) * denoising_error(expert, x, s, eps, indices)
 
 

@@ -21,7 +21,8 @@ import torch
 
 from .experts.base import check_expert
 from .images import from_uint8
-from .likelihood import denoising_error
+from .likelihood import denoising_error, prior_kl, reconstruction_nll
+from .noise import gamma_to_noise_level
 from .seeding import per_image_draw, per_image_generators
 
 RANGE_SLACK = 1e-9  # grid ends computed in floating point may overshoot a range end by rounding
@@ -104,6 +105,48 @@ def diffusion_term_bpd(gammas, loss) -> np.ndarray | float:
     gammas, loss = np.asarray(gammas, dtype=np.float64), np.asarray(loss, dtype=np.float64)
     integral = ((loss[..., 1:] + loss[..., :-1]) / 2 * np.diff(gammas)).sum(axis=-1)
     return integral / (2 * math.log(2))
+
+
+def piece_integral(gammas, loss, lo: float, hi: float) -> float:
+    """int_lo^hi L dgamma of the piecewise-linear interpolant of a measured curve, by the trapezoid rule on
+    the grid points inside (lo, hi) plus the two ends; the curve must be measured over [lo, hi]."""
+    gammas, loss = np.asarray(gammas, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    measured = np.isfinite(loss)
+    if not (gammas[measured].min() <= lo + RANGE_SLACK and hi - RANGE_SLACK <= gammas[measured].max()):
+        raise ValueError(f"the curve is measured on [{gammas[measured].min():.4g}, {gammas[measured].max():.4g}], "
+                         f"not over the piece [{lo:.4g}, {hi:.4g}]")
+    inside = measured & (gammas > lo) & (gammas < hi)
+    nodes = np.concatenate([[lo], gammas[inside], [hi]])
+    values = np.interp(nodes, gammas[measured], loss[measured])
+    return float(((values[1:] + values[:-1]) / 2 * np.diff(nodes)).sum())
+
+
+def end_terms_bpd(images, gamma_0: float, gamma_1: float, *, draws: int = 16, seed: int = 0) -> tuple[float, float]:
+    """The VLB's prior term at gamma_1 and its reconstruction term at gamma_0 (Eq. 6), in bits/dim, averaged
+    over uint8 images [N, H, W, C] (the reconstruction over `draws` noise draws per image). Neither asks
+    an expert anything: the VLB of any merge on [gamma_0, gamma_1] shares them."""
+    x = from_uint8(images).double()
+    bits = x[0].numel() * math.log(2)
+    s0, generator = gamma_to_noise_level(gamma_0), torch.Generator().manual_seed(seed)
+    reconstruction = torch.stack([reconstruction_nll(x, x + s0 * torch.randn(x.shape, generator=generator,
+                                                                             dtype=torch.float64), s0)
+                                  for _ in range(draws)]).mean()
+    return float(prior_kl(x, gamma_1).mean() / bits), float(reconstruction / bits)
+
+
+def predicted_vlb(images, gammas, pieces: Sequence[tuple[float, float, np.ndarray]], **end_options) -> dict:
+    """The expected VLB in bits/dim of a (merged) model from its experts' measured loss curves, with no
+    further network evaluation: prior + reconstruction + 1/(2 ln 2) sum over pieces of int L dgamma.
+
+    `pieces` are (gamma_lo, gamma_hi, curve): each expert's mean L on `gammas` and the gamma interval it
+    serves, from low to high noise and adjoining (as `merge.pieces` lists a merged expert's). Returns the
+    terms and their sum."""
+    if any(abs(a[1] - b[0]) > RANGE_SLACK for a, b in zip(pieces[:-1], pieces[1:])):
+        raise ValueError("the pieces of a merge must adjoin, from low to high noise")
+    diffusion = sum(piece_integral(gammas, curve, lo, hi) for lo, hi, curve in pieces) / (2 * math.log(2))
+    prior, reconstruction = end_terms_bpd(images, pieces[0][0], pieces[-1][1], **end_options)
+    return {"prior": prior, "reconstruction": reconstruction, "diffusion": diffusion,
+            "vlb": prior + reconstruction + diffusion}
 
 
 def crossings(gammas, first, second) -> list[tuple[float, float]]:

@@ -17,7 +17,7 @@ import torch
 from .experts.base import check_expert
 from .images import to_uint8
 from .merge import pieces
-from .noise import gamma_to_noise_level, vp_alpha_sigma
+from .noise import gamma_to_noise_level, linear_gamma, vp_alpha_sigma
 from .seeding import per_image_draw, per_image_generators
 
 
@@ -184,8 +184,8 @@ def sample_ancestral(expert, seeds, shape, *, steps: int = 256, clip_denoised: b
         gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
         x = _prior(expert, generators, shape, device)
         for i in range(steps, 0, -1):
-            gamma_t = gamma_min + i / steps * (gamma_max - gamma_min)
-            gamma_s = gamma_min + (i - 1) / steps * (gamma_max - gamma_min)
+            gamma_t = linear_gamma(i / steps, gamma_min, gamma_max)
+            gamma_s = linear_gamma((i - 1) / steps, gamma_min, gamma_max)
             c = -math.expm1(gamma_s - gamma_t)
             denoised = expert.denoise(x, gamma_to_noise_level(gamma_t))
             denoised = denoised.clamp(-1, 1) if clip_denoised else denoised

@@ -101,7 +101,7 @@ def test_loss_profile_covers_each_expert_on_its_range_of_one_grid(tiny, tmp_path
     assert result.returncode == 0, result.stderr
     profile = pd.read_csv(out)
     gamma_0, gamma_1 = -13.3, get_family("edm").gamma_range[1]
-    grid = np.linspace(gamma_0, gamma_1, 12)
+    grid = np.union1d(np.linspace(gamma_0, gamma_1, 12), [*get_family("edm").gamma_range, -13.3, 5.0])  # and the ends
     for role, (lo, hi) in (("quality", get_family("edm").gamma_range), ("likelihood", (-13.3, 5.0))):
         rows = profile[profile["role"] == role]
         assert np.allclose(rows["gamma"], grid[(grid >= lo - 1e-9) & (grid <= hi + 1e-9)], rtol=0, atol=1e-12)
@@ -114,3 +114,15 @@ def test_loss_profile_covers_each_expert_on_its_range_of_one_grid(tiny, tmp_path
     figure = run("figure-loss-profile", "--profile", out, "--etas", 0.1, 0.5, "--out", tmp_path / "profile.png")
     assert figure.returncode == 0, figure.stderr
     assert (tmp_path / "profile.png").stat().st_size > 0 and (tmp_path / "profile.pdf").stat().st_size > 0
+
+    # Each eta's VLB predicted from the two curves: a merge takes the likelihood expert's curve below gamma_eta.
+    predicted = tmp_path / "predicted.csv"
+    result = run("predict-vlb", "--profile", out, "--data", tiny / "splits.npz", "--split", "val", "--etas", "edm",
+                 "eta_min", "0.5", "vdm", "--out", predicted)
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(predicted, dtype={"eta_label": str}).set_index("eta_label")
+    assert list(rows.index) == ["edm", "eta_min", "0.5", "vdm"]
+    assert np.allclose(rows["predicted_vlb"], rows[["predicted_prior", "predicted_reconstruction",
+                                                    "predicted_diffusion"]].sum(axis=1))
+    assert np.allclose(rows.loc[["edm", "vdm"], ["gamma_min", "gamma_max"]], [get_family("edm").gamma_range, (-13.3, 5.0)])
+    assert (rows.loc[["eta_min", "0.5"], ["gamma_min", "gamma_max"]].to_numpy() == [gamma_0, gamma_1]).all()

@@ -70,8 +70,9 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
             assert np.isfinite(table[column]).all(), table
         assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
     summary = (tables / "summary.md").read_text().split("\n\n")
-    rows = {title: table.count("\n") for title, table in zip(summary[::2], summary[1::2])}  # lines per table
-    assert list(rows.values()) == [1 + 5, 1 + 7, 1 + 5, 1 + 2], summary  # header, separator and a row per eta / claim / eta / expert
+    rows = [len(chunk.strip().splitlines()) for chunk in summary if chunk.startswith("|")]  # lines per table
+    # header, separator and a row per eta / claim / eta / expert / eta (the VLB predicted from the loss profile)
+    assert rows == [2 + 5, 2 + 7, 2 + 5, 2 + 2, 2 + 5], summary
     assert len(pd.read_csv(tables / "summary.csv")) == 7
     for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile"):
         assert (finished_run / "results" / "digits" / "figures" / f"{name}.png").stat().st_size > 0
@@ -79,7 +80,7 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
 
 def test_loss_profile_has_both_experts_on_their_ranges(finished_run):
     profile = pd.read_csv(finished_run / "results" / "digits" / "diagnostics" / "loss_profile.csv")
-    grid = np.linspace(-13.3, 2 * np.log(80.0), 23)
+    grid = np.union1d(np.linspace(-13.3, 2 * np.log(80.0), 23), [2 * np.log(0.002), 5.0])  # and both ranges' ends
     assert sorted(profile["role"].unique()) == ["likelihood", "quality"]
     for role, rows in profile.groupby("role"):
         inside = grid[(grid >= rows["gamma_min"].iloc[0] - 1e-9) & (grid <= rows["gamma_max"].iloc[0] + 1e-9)]
@@ -104,7 +105,7 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     jobs = planned_jobs(workdir)
     assert jobs == {"sample_shard": 4, "fid": 2, "nll_shard": 2, "vlb_run": 2, "table1": 1, "table2": 1, "table4": 1,
                     "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2,
-                    "figure_loss_profile": 1, "summary": 1, "all": 1}  # the loss profile itself does not depend on the etas
+                    "figure_loss_profile": 1, "predict_vlb": 1, "summary": 1, "all": 1}  # the profile does not depend on them
 
 
 def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):

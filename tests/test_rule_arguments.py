@@ -147,8 +147,10 @@ def test_sample_shard(name, sampler):
         assert args.batch_size == sampling["batch_size"]
         if sampler == "ode":
             assert (args.rtol, args.atol, args.steps) == (sampling["ode"]["rtol"], sampling["ode"]["atol"], None)
+            assert args.error_norm == sampling["ode"]["error_norm"]
         else:
-            assert args.steps == sampling["ancestral"]["steps"]
+            assert (args.steps, args.clip_denoised) == (sampling["ancestral"]["steps"],
+                                                        sampling["ancestral"]["clip_denoised"])
 
 
 @pytest.mark.parametrize("name", ANALYSED)
@@ -161,6 +163,7 @@ def test_nll_shard(name):
     assert (args.shards, args.images, args.rtol, args.atol) == (nll["shards"], nll.get("images"), nll["rtol"],
                                                                 nll["atol"])
     assert (args.dequantization, args.batch_size) == (nll["dequantization"], nll["batch_size"])
+    assert args.error_norm == nll["error_norm"]
 
 
 @pytest.mark.parametrize("name", ANALYSED)
@@ -182,6 +185,10 @@ def test_loss_profile_and_its_figure(name):
     args = parse("figure-loss-profile", rule_arguments.figure_loss_profile_arguments(CONFIG, name), "--profile", "p.csv")
     assert args.etas == numeric_etas(CONFIG["experiments"][name])
 
+    args = parse("predict-vlb", rule_arguments.predict_vlb_arguments(CONFIG, name, SPLITS), "--profile", "p.csv")
+    assert (args.data, args.split) == (SPLITS, profile["split"])
+    assert args.etas == [str(eta) for eta in CONFIG["experiments"][name]["etas"]]
+
 
 @pytest.mark.parametrize("name", ANALYSED)
 def test_figure_grids(name):
@@ -193,9 +200,12 @@ def test_figure_grids(name):
 
 
 @pytest.mark.parametrize("profile, expected", [([], None), (["p.csv"], "p.csv"), ("p.csv", "p.csv")])
-def test_summary(profile, expected):
+def test_summary_and_table4(profile, expected):
     files = ["--nll", "n.csv", "--vlb", "v.json", "--fid", "f.json"]
-    assert parse("summary", rule_arguments.summary_arguments(profile), *files).profile == expected
+    args = parse("summary", rule_arguments.summary_arguments(profile, profile), *files)
+    assert args.profile == args.predicted == expected
+    args = parse("table", rule_arguments.table4_arguments(profile), "--table", "4", "--inputs", "v.json")
+    assert args.predicted == expected
 
 
 @pytest.mark.parametrize("number", [1, 2, 4])

@@ -56,6 +56,11 @@ def test_table4_from_summaries_and_from_runs():
     np.testing.assert_allclose(from_runs["VLB mean (bpd)"], [2.6 + e + 0.045 for e in ETAS])
     np.testing.assert_allclose(from_runs["VLB std"], np.std(0.01 * np.arange(10), ddof=1))
     assert from_runs["Threshold"].iloc[0] == "EDM"  # no gamma range given in these records
+    # The VLB predicted from the loss curves sits beside the measured one, matched by eta label.
+    predicted = [dict(eta_label=label, eta=eta, predicted_vlb=3.0 - eta) for label, eta in zip(LABELS, ETAS)][::-1]
+    with_prediction = tables.table4(runs, predicted)
+    assert list(with_prediction.columns) == ["Threshold", "VLB mean (bpd)", "VLB std", "VLB predicted (bpd)"]
+    np.testing.assert_allclose(with_prediction["VLB predicted (bpd)"], [3.0 - e for e in sorted(ETAS)])
 
 
 def test_summarize_mean_std_sem():

@@ -203,9 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="noise seed (image j draws from the pair seed, j)")
     sub.add_argument("--batch-size", type=int, default=256, help="images per network call")
 
+    sub = command("predict-vlb", commands.cmd_predict_vlb,
+                  "each eta's VLB predicted from the experts' L(gamma) (Eq. 6-7), with no network evaluation",
+                  "predicted .csv")
+    sub.add_argument("--profile", required=True, help="loss-profile .csv (its grid holds both experts' range ends)")
+    sub.add_argument("--data", required=True, help="splits .npz: the prior and reconstruction terms")
+    sub.add_argument("--split", default="val", help="the profile's split")
+    sub.add_argument("--etas", nargs="+", required=True, help="eta labels, as config.yaml's etas")
+
     sub = command("table", commands.cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
     sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
     sub.add_argument("--inputs", nargs="+", required=True)
+    sub.add_argument("--predicted", default=None, help="Table 4: a predict-vlb .csv, shown beside the measured VLB")
 
     sub = command("paper-table", commands.cmd_paper_table, "Table 1, 2 or 4 with the data sets side by side", "table .csv path")
     sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
@@ -228,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
     sub.add_argument("--profile", default=None, help="a loss-profile CSV: adds L(gamma) of both experts")
+    sub.add_argument("--predicted", default=None, help="a predict-vlb CSV: adds the predicted VLB per eta")
     sub.add_argument("--fid-budget", type=float, default=0.1,
                      help="a merge keeps the quality expert's FID if its ODE FID <= (1 + budget) x the expert's")
 

@@ -229,6 +229,7 @@ def cmd_vlb(args):
 def cmd_loss_profile(args):
     from pathlib import Path
 
+    import numpy as np
     import pandas as pd
 
     from .datasets import load_splits
@@ -244,7 +245,8 @@ def cmd_loss_profile(args):
     experts = {role: load_expert(stem, device) for role, stem in stems.items()}
     gamma_0, gamma_1 = merged_range(list(experts.values()))  # one grid over the union of both ranges
     eta_min, eta_max = eta_range(experts["quality"], experts["likelihood"])
-    grid = profile_grid(gamma_0, gamma_1, args.points)
+    ends = [end for expert in experts.values() for end in (expert.gamma_min, expert.gamma_max)]
+    grid = np.union1d(profile_grid(gamma_0, gamma_1, args.points), ends)  # each range's ends, for its integral
     images = load_splits(args.data)[args.split]
     seeds = run_seeds(args.seed, range(len(images)))  # the same noise for both experts at each gamma
     records = []
@@ -262,13 +264,46 @@ def cmd_loss_profile(args):
     write_csv(args.out, pd.DataFrame(records))
 
 
+def cmd_predict_vlb(args):
+    import pandas as pd
+
+    from .datasets import load_splits
+    from .loss_profile import predicted_vlb, profile_curves
+    from .noise import linear_gamma
+    from .pipeline import resolve_eta
+    from .shards import write_csv
+
+    profile = pd.read_csv(args.profile)
+    gammas, curves = profile_curves(profile)
+    names = dict(zip(profile["role"], profile["expert"]))
+    eta_min, eta_max, gamma_0, gamma_1 = (float(profile[key].iloc[0]) for key in ("eta_min", "eta_max", "gamma_0", "gamma_1"))
+    images = load_splits(args.data)[args.split]
+    records = []
+    for label in args.etas:
+        choice = resolve_eta(label, names, eta_min, eta_max)
+        if choice.baseline:  # an expert alone, on its own range
+            lo, hi, curve = curves[choice.baseline]
+            pieces = [(lo, hi, curve)]
+        else:  # the likelihood expert below gamma_eta, the quality expert above (Eq. 14)
+            switch = linear_gamma(choice.eta, gamma_0, gamma_1)
+            pieces = [(gamma_0, switch, curves["likelihood"][2]), (switch, gamma_1, curves["quality"][2])]
+        terms = predicted_vlb(images, gammas, pieces)
+        records.append({**choice.record(), "gamma_min": pieces[0][0], "gamma_max": pieces[-1][1],
+                        **{f"predicted_{key}": value for key, value in terms.items()}})
+        log.info("eta %s: predicted VLB %.4f bpd", label, terms["vlb"])
+    write_csv(args.out, pd.DataFrame(records))
+
+
 def cmd_table(args):
     from pathlib import Path
 
     from . import tables
 
     records = tables.load_records(*args.inputs)
-    table = {1: tables.table1, 2: tables.table2, 4: tables.table4}[args.table](records)
+    if args.predicted and args.table != 4:
+        raise ValueError("--predicted adds the predicted VLB to Table 4 only")
+    table = (tables.table4(records, tables.load_records(args.predicted)) if args.predicted else
+             {1: tables.table1, 2: tables.table2, 4: tables.table4}[args.table](records))
     written = tables.write_table(table, Path(args.out).with_suffix(""))
     log.info("wrote %s", ", ".join(map(str, written)))
 
@@ -325,6 +360,10 @@ def cmd_summary(args):
     if args.profile:
         text += ("\nDenoising loss per dimension L(γ) on the validation images (the VLB integrand, Eq. 7)\n\n"
                  + summary.profile_markdown(pd.read_csv(args.profile)))
+    if args.predicted:
+        text += ("\nThe VLB predicted from the experts' L(γ) on the validation images (Eq. 6–7, no further network "
+                 "evaluation) beside the one measured on the test images\n\n"
+                 + summary.predicted_markdown(frame, tables.load_records(args.predicted)))
     out = Path(args.out)
     write_text(out.with_suffix(".csv"), claims.to_csv(index=False))
     write_text(out, text)

@@ -170,3 +170,19 @@ def profile_records(gammas: Sequence[float], loss) -> list[dict]:
     count = np.asarray(loss).shape[0]
     return [{"gamma": float(gamma), "loss": float(m), "standard_error": float(e), "images": count}
             for gamma, m, e in zip(gammas, mean, error) if np.isfinite(m)]
+
+
+def profile_curves(records) -> tuple[np.ndarray, dict]:
+    """From a loss-profile table (rows: role, gamma, loss, gamma_min, gamma_max, ...; see `profile_records`):
+    the common gamma grid and, per role, (gamma_min, gamma_max, mean L on the grid, NaN where unmeasured)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(records)
+    gammas = np.unique(frame["gamma"].to_numpy(dtype=np.float64))
+    curves = {}
+    for role, rows in frame.groupby("role", sort=False):
+        curve = np.full(len(gammas), np.nan)
+        curve[np.searchsorted(gammas, rows["gamma"].to_numpy(dtype=np.float64))] = rows["loss"].to_numpy(dtype=np.float64)
+        curves[role] = (float(rows["gamma_min"].iloc[0]), float(rows["gamma_max"].iloc[0]), curve)
+    return gammas, curves
+

@@ -182,10 +182,22 @@ def figure_samples_arguments(config: dict, experiment: str, sampler: str) -> str
                    count=config["experiments"][experiment]["figures"]["grid_samples"])
 
 
-def summary_arguments(profile) -> str:
-    """--profile only when the experiment has a loss profile (`profile`: its CSV, or nothing)."""
-    profile = file_list(profile)
-    return options(profile=profile[0] if profile else None)
+def summary_arguments(profile, predicted=()) -> str:
+    """--profile and --predicted only when the experiment has a loss profile (each: its CSV, or nothing)."""
+    profile, predicted = file_list(profile), file_list(predicted)
+    return options(profile=profile[0] if profile else None, predicted=predicted[0] if predicted else None)
+
+
+def table4_arguments(predicted) -> str:
+    """--predicted only when the experiment has a loss profile (`predicted`: the predict-vlb CSV, or nothing)."""
+    predicted = file_list(predicted)
+    return options(predicted=predicted[0] if predicted else None)
+
+
+def predict_vlb_arguments(config: dict, experiment: str, splits: str) -> str:
+    """Every configured eta, from the loss profile measured on the profile's split."""
+    spec = config["experiments"][experiment]
+    return options(data=splits, split=spec["loss_profile"]["split"], etas=[str(eta) for eta in spec["etas"]])
 
 
 def paper_table_arguments(config: dict, number, files) -> str:

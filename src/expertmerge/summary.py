@@ -120,6 +120,18 @@ def claims_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def predicted_markdown(frame: pd.DataFrame, predicted: pd.DataFrame) -> str:
+    """Each eta's VLB predicted from the experts' L(gamma) (a `predict-vlb` CSV) beside the measured one, and
+    their difference in units of the measured VLB's std over runs."""
+    merged = frame.merge(predicted[["eta_label", "predicted_vlb"]], on="eta_label", how="inner")
+    lines = ["| η | predicted (bpd) | measured (bpd) | difference / run std |", "|---|---|---|---|"]
+    for row in merged.itertuples():
+        difference = (row.predicted_vlb - row.vlb_mean) / row.vlb_std
+        lines.append(f"| {short_label(row.eta_label)} | {row.predicted_vlb:.3f} | {row.vlb_mean:.3f} ± "
+                     f"{row.vlb_std:.3f} | {difference:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def profile_markdown(profile: pd.DataFrame, step: float = 2.0) -> str:
     """Each expert's L(gamma) (a `loss-profile` CSV) at grid points about `step` apart, and the gammas
     (and etas, Eq. 14) where the two curves cross."""

@@ -159,11 +159,16 @@ def table2(records) -> pd.DataFrame:
     return _finish(table, decimals, errors)
 
 
-def table4(records) -> pd.DataFrame:
-    """Table 4: VLB (bpd) mean and std over runs per eta (per-run `vlb` rows are reduced first)."""
+def table4(records, predicted=None) -> pd.DataFrame:
+    """Table 4: VLB (bpd) mean and std over runs per eta (per-run `vlb` rows are reduced first), and, given
+    `predict-vlb` records, the VLB predicted from the experts' L(gamma) beside it."""
     df = _in_eta_order(vlb_summary(records))
-    table = df[["Threshold", "vlb_mean", "vlb_std"]].set_axis(["Threshold", "VLB mean (bpd)", "VLB std"], axis=1)
-    return _finish(table, {"VLB mean (bpd)": 3, "VLB std": 3}, {})
+    names = {"Threshold": "Threshold", "vlb_mean": "VLB mean (bpd)", "vlb_std": "VLB std"}
+    if predicted is not None:
+        df = df.merge(_frame(predicted)[["eta_label", "predicted_vlb"]], on="eta_label", how="left")
+        names["predicted_vlb"] = "VLB predicted (bpd)"
+    table = df[list(names)].rename(columns=names)
+    return _finish(table, {"VLB mean (bpd)": 3, "VLB std": 3, "VLB predicted (bpd)": 3}, {})
 
 
 # ----------------------------------------------------------------------------

@@ -93,6 +93,11 @@ def loss_profile_files(wildcards):
     return loss_profile_csv(wildcards.experiment)
 
 
+def predicted_vlb_files(wildcards):
+    """The VLB predicted from the loss profile, in a list, empty if the experiment configures no profile."""
+    return [f"results/{wildcards.experiment}/diagnostics/predicted_vlb.csv"] if loss_profile_files(wildcards) else []
+
+
 def experiment_targets(name):
     if not has_analysis(config["experiments"][name]):
         raise ValueError(f"experiment {name!r} configures no measurements (fid, etas, sampling, nll, vlb, figures)")

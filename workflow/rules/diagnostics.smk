@@ -20,6 +20,22 @@ rule loss_profile:
         "expertmerge loss-profile {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
 
 
+rule predict_vlb:
+    input:
+        profile=rules.loss_profile.output,
+        splits=rules.dataset.output.splits,
+    output:
+        "results/{experiment}/diagnostics/predicted_vlb.csv",
+    params:
+        arguments=lambda w: rule_arguments.predict_vlb_arguments(config, w.experiment, splits_file(w)),
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        "results/{experiment}/logs/predict_vlb.log",
+    shell:
+        "expertmerge predict-vlb --profile {input.profile} {params.arguments} --out {output} > {log} 2>&1"
+
+
 rule figure_loss_profile:
     input:
         rules.loss_profile.output,

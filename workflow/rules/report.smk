@@ -36,7 +36,8 @@ rule table2:
 
 rule table4:
     input:
-        vlb_files,
+        vlb=vlb_files,
+        predicted=predicted_vlb_files,
     output:
         csv=report("results/{experiment}/tables/table4.csv", caption="../report/table4.rst", category="Tables",
                    subcategory="{experiment}"),
@@ -46,8 +47,10 @@ rule table4:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/table4.log",
+    params:
+        arguments=lambda w, input: rule_arguments.table4_arguments(input.predicted),
     shell:
-        "expertmerge table --table 4 --inputs {input} --out {output.csv} > {log} 2>&1"
+        "expertmerge table --table 4 --inputs {input.vlb} {params.arguments} --out {output.csv} > {log} 2>&1"
 
 
 rule figure_tradeoff:
@@ -74,6 +77,7 @@ rule summary:
         vlb=vlb_files,
         fid=per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
         profile=loss_profile_files,
+        predicted=predicted_vlb_files,
     output:
         md=report("results/{experiment}/tables/summary.md", caption="../report/summary.rst", category="Tables",
                   subcategory="{experiment}"),
@@ -83,7 +87,7 @@ rule summary:
     log:
         "results/{experiment}/logs/summary.log",
     params:
-        arguments=lambda w, input: rule_arguments.summary_arguments(input.profile),
+        arguments=lambda w, input: rule_arguments.summary_arguments(input.profile, input.predicted),
     shell:
         "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.arguments}"
         " --out {output.md} > {log} 2>&1"

@@ -74,7 +74,7 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
     # header, separator and a row per eta / claim / eta / expert / eta (the VLB predicted from the loss profile)
     assert rows == [2 + 5, 2 + 7, 2 + 5, 2 + 2, 2 + 5], summary
     assert len(pd.read_csv(tables / "summary.csv")) == 7
-    for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile"):
+    for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile", "predicted_vlb"):
         assert (finished_run / "results" / "digits" / "figures" / f"{name}.png").stat().st_size > 0
 
 
@@ -105,7 +105,8 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     jobs = planned_jobs(workdir)
     assert jobs == {"sample_shard": 4, "fid": 2, "nll_shard": 2, "vlb_run": 2, "table1": 1, "table2": 1, "table4": 1,
                     "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2,
-                    "figure_loss_profile": 1, "predict_vlb": 1, "summary": 1, "all": 1}  # the profile does not depend on them
+                    "figure_loss_profile": 1, "predict_vlb": 1, "figure_predicted_vlb": 1, "summary": 1,
+                    "all": 1}  # the profile does not depend on them
 
 
 def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):
@@ -114,7 +115,8 @@ def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):
     config = reduced_config()
     config["experiments"]["digits"]["vlb"]["runs_per_job"] = 2  # both runs of an eta in one job
     write_config(workdir, config)
-    assert planned_jobs(workdir) == {"vlb_run": 5, "table4": 1, "figure_tradeoff": 1, "summary": 1, "all": 1}
+    assert planned_jobs(workdir) == {"vlb_run": 5, "table4": 1, "figure_tradeoff": 1, "figure_predicted_vlb": 1,
+                                     "summary": 1, "all": 1}
     snakemake(workdir)
     vlb = workdir / "results" / "digits" / "vlb"
     assert sorted(path.name for path in (vlb / "0.5").glob("*.json")) == ["run1.json", "run2.json", "runs1-2.json"]

@@ -137,6 +137,16 @@ def test_tradeoff_figure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2.pdf", "fig2.png"]
 
 
+def test_predicted_vlb_figure(tmp_path):
+    runs = [dict(eta_label=label, eta=eta, vlb=2.6 + eta + 0.01 * run) for label, eta in zip(LABELS, ETAS)
+            for run in range(10)]
+    predicted = [dict(eta_label=label, eta=eta, predicted_vlb=2.62 + eta) for label, eta in zip(LABELS, ETAS)]
+    paths = figures.predicted_vlb_figure(runs, predicted, tmp_path / "predicted.png")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(ValueError, match="predicted_vlb"):
+        figures.predicted_vlb_figure(runs, [dict(eta_label="edm", eta=0.0)], tmp_path / "bad.png")
+
+
 def test_tradeoff_figure_from_raw_rows_and_png_path(tmp_path):
     images, runs = per_image_and_per_run()
     paths = figures.tradeoff_figure(images, runs, None, tmp_path / "fig2.png")

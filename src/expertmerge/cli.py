@@ -232,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
 
+    sub = command("figure-predicted-vlb", commands.cmd_figure_predicted_vlb,
+                  "the VLB predicted from L(gamma) against the measured VLB, per eta", "figure .png path")
+    sub.add_argument("--vlb", nargs="+", required=True, help="per-run VLB .json files")
+    sub.add_argument("--predicted", required=True, help="a predict-vlb .csv")
+
     sub = command("summary", commands.cmd_summary, "every eta's NLL, FID and VLB, and the paper's claims checked",
                   "summary .md path (the claims also as .csv beside it)")
     for flag in ("--nll", "--vlb", "--fid"):

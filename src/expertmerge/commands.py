@@ -343,6 +343,12 @@ def cmd_figure_tradeoff(args):
                             tables.load_records(*args.fid), args.out)
 
 
+def cmd_figure_predicted_vlb(args):
+    from . import figures, tables
+
+    figures.predicted_vlb_figure(tables.load_records(*args.vlb), tables.load_records(args.predicted), args.out)
+
+
 def cmd_summary(args):
     from pathlib import Path
 

@@ -129,6 +129,22 @@ def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None) 
     return save_figure(fig, stem, dpi=150)
 
 
+def predicted_vlb_figure(vlb, predicted, stem, *, title=None) -> list[Path]:
+    """The VLB measured (mean ± std over runs, per-run rows reduced as in `tables`) and the VLB predicted from
+    the experts' L(gamma) (`predict-vlb` records), against eta."""
+    measured, predicted = vlb_summary(vlb), check_records(predicted, ("predicted_vlb",))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    _curve(ax, measured, "vlb_mean", "vlb_std", "VLB measured (mean ± std over runs)", dict(color="C1", marker="^"))
+    _curve(ax, predicted, "predicted_vlb", None, "VLB predicted from L(γ)", dict(color="C4", marker="x", linestyle="--"))
+    _eta_ticks(ax, [measured, predicted])
+    ax.set(xlabel="switch threshold η", ylabel="VLB (bits/dim)", xlim=(-0.05, 1.05))
+    ax.legend(fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, stem, dpi=150)
+
+
 def _eta_ticks(ax, frames):
     """Ticks every 0.2; a tick at a baseline's plotting position shows the baseline's name instead."""
     ticks = {round(t, 1): f"{t:.1f}" for t in np.linspace(0, 1, 6)}

@@ -106,7 +106,7 @@ def experiment_targets(name):
     names = ["tradeoff", "fixed_noise", *(f"samples_{sampler}" for sampler in SAMPLERS)]
     diagnostics = loss_profile_csv(name)
     if diagnostics:
-        names.append("loss_profile")
+        names += ["loss_profile", "predicted_vlb"]
     figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
     summary = [f"{base}/tables/summary.md", f"{base}/tables/summary.csv"]
     return tables + summary + figures + diagnostics

@@ -36,6 +36,22 @@ rule predict_vlb:
         "expertmerge predict-vlb --profile {input.profile} {params.arguments} --out {output} > {log} 2>&1"
 
 
+rule figure_predicted_vlb:
+    input:
+        vlb=vlb_files,
+        predicted=rules.predict_vlb.output,
+    output:
+        png=report("results/{experiment}/figures/predicted_vlb.png", caption="../report/predicted_vlb.rst",
+                   category="Figures", subcategory="{experiment}"),
+        pdf="results/{experiment}/figures/predicted_vlb.pdf",
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        "results/{experiment}/logs/figure_predicted_vlb.log",
+    shell:
+        "expertmerge figure-predicted-vlb --vlb {input.vlb} --predicted {input.predicted} --out {output.png} > {log} 2>&1"
+
+
 rule figure_loss_profile:
     input:
         rules.loss_profile.output,

@@ -137,9 +137,9 @@ def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str
     sampling = config["experiments"][experiment]["sampling"]
     start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(shard)]
     ode, ancestral = sampling["ode"], sampling["ancestral"]
-    solver = (options(rtol=ode["rtol"], atol=ode["atol"], error_norm=ode["error_norm"])
+    solver = (options(rtol=ode["rtol"], atol=ode["atol"], error_norm=ode.get("error_norm", "batch-rms"))
               if sampler == "ode" else options(steps=ancestral["steps"]))
-    if sampler == "ancestral" and ancestral["clip_denoised"]:
+    if sampler == "ancestral" and ancestral.get("clip_denoised", True):
         solver += " --clip-denoised"
     return " ".join([expert_pair(config, experiment), options(eta=eta, sampler=sampler), solver,
                      options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"]),
@@ -151,7 +151,7 @@ def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: 
     return " ".join([expert_pair(config, experiment),
                      options(eta=eta, data=splits, split="test", shard=shard, shards=nll["shards"],
                              images=nll.get("images"), rtol=nll["rtol"], atol=nll["atol"],
-                             dequantization=nll["dequantization"], error_norm=nll["error_norm"],
+                             dequantization=nll["dequantization"], error_norm=nll.get("error_norm", "batch-rms"),
                              batch_size=nll["batch_size"])])
 
 
@@ -165,7 +165,7 @@ def loss_profile_arguments(config: dict, experiment: str, splits: str) -> str:
     profile = config["experiments"][experiment]["loss_profile"]
     return " ".join([expert_pair(config, experiment),
                      options(data=splits, split=profile["split"], points=profile["points"],
-                             seed=profile["seed"], batch_size=profile["batch_size"])])
+                             seed=profile.get("seed", 0), batch_size=profile["batch_size"])])
 
 
 def figure_loss_profile_arguments(config: dict, experiment: str) -> str:

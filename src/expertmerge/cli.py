@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from . import commands
+from . import commands, profile_commands
 from .experts.registry import family_names, import_formats
 
 log = logging.getLogger("expertmerge")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
                      help="how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
 
-    sub = command("loss-profile", commands.cmd_loss_profile, "each expert's denoising loss L(gamma) on one gamma grid",
+    sub = command("loss-profile", profile_commands.cmd_loss_profile, "each expert's denoising loss L(gamma) on one gamma grid",
                   "profile .csv")
     _expert_pair(sub)
     sub.add_argument("--data", required=True, help="splits .npz")
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="noise seed (image j draws from the pair seed, j)")
     sub.add_argument("--batch-size", type=int, default=256, help="images per network call")
 
-    sub = command("predict-vlb", commands.cmd_predict_vlb,
+    sub = command("predict-vlb", profile_commands.cmd_predict_vlb,
                   "each eta's VLB predicted from the experts' L(gamma) (Eq. 6-7), with no network evaluation",
                   "predicted .csv")
     sub.add_argument("--profile", required=True, help="loss-profile .csv (its grid holds both experts' range ends)")
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
 
-    sub = command("figure-predicted-vlb", commands.cmd_figure_predicted_vlb,
+    sub = command("figure-predicted-vlb", profile_commands.cmd_figure_predicted_vlb,
                   "the VLB predicted from L(gamma) against the measured VLB, per eta", "figure .png path")
     sub.add_argument("--vlb", nargs="+", required=True, help="per-run VLB .json files")
     sub.add_argument("--predicted", required=True, help="a predict-vlb .csv")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--shards", nargs="+", required=True, help="shard 0 of each eta, in column order")
     sub.add_argument("--title", default="")
 
-    sub = command("figure-loss-profile", commands.cmd_figure_loss_profile, "L(gamma) of both experts, etas marked",
+    sub = command("figure-loss-profile", profile_commands.cmd_figure_loss_profile, "L(gamma) of both experts, etas marked",
                   "figure .png path")
     sub.add_argument("--profile", required=True, help="loss-profile .csv")
     sub.add_argument("--etas", type=float, nargs="*", default=[], help="switch levels to mark")

@@ -1,7 +1,8 @@
 """Tables 1, 2 and 4 of the paper from per-eta result records (pandas).
 
 A record is one row (dict / DataFrame row / CSV or JSON row) with these columns:
-  eta_label  str    "eta_min", "eta_max", a number such as "0.3" (the merged model at that eta), or the
+  eta_label  str    "eta_min", "eta_max", a number such as "0.3" (the merged model at that eta), "auto" (the
+                    VLB-optimal merge chosen from the experts' L(gamma), plotted at its first switch), or the
                     name of an unmerged baseline ("edm", "vdm", ...), shown upper-cased.
   eta        float  position on the eta axis: the threshold itself for merged rows; by the paper's
                     plotting convention 0 for the quality baseline (EDM) and 1 for the likelihood one (VDM).
@@ -99,9 +100,9 @@ def vlb_summary(records) -> pd.DataFrame:
 
 
 def is_merged(eta_label: str) -> bool:
-    """True for a merged model's label ("eta_min", "eta_max", "0.3"), False for an unmerged baseline's."""
+    """True for a merged model's label ("eta_min", "eta_max", "auto", "0.3"), False for an unmerged baseline's."""
     try:
-        return eta_label in ("eta_min", "eta_max") or math.isfinite(float(eta_label))
+        return eta_label in ("eta_min", "eta_max", "auto") or math.isfinite(float(eta_label))
     except ValueError:
         return False
 
@@ -111,6 +112,8 @@ def row_label(record) -> str:
     label, eta = str(record["eta_label"]), float(record["eta"])
     if label in ("eta_min", "eta_max"):
         return f"Ours η{label[4:]}={eta:.4f}".rstrip("0")
+    if label == "auto":
+        return f"Ours auto (η={eta:.3f})"
     if is_merged(label):
         return f"Ours η={label}"
     lo, hi = record.get("gamma_min", math.nan), record.get("gamma_max", math.nan)

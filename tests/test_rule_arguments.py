@@ -13,8 +13,8 @@ from snakemake.utils import validate
 
 from expertmerge import rule_arguments
 from expertmerge.cli import build_parser
-from expertmerge.pipeline import (IMAGE_SHAPES, expert_names, expert_stem, gamma_range, has_analysis, numeric_etas,
-                                  shard_ranges, vlb_job_name, vlb_job_runs)
+from expertmerge.pipeline import (IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, has_analysis,
+                                  numeric_etas, shard_ranges, vlb_job_name, vlb_job_runs)
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = "results/some/data/splits.npz"
@@ -177,17 +177,35 @@ def test_vlb_run(name):
 @pytest.mark.parametrize("name", [name for name, spec in CONFIG["experiments"].items() if "loss_profile" in spec])
 def test_loss_profile_and_its_figure(name):
     profile = CONFIG["experiments"][name]["loss_profile"]
-    args = parse("loss-profile", rule_arguments.loss_profile_arguments(CONFIG, name, SPLITS))
-    assert_expert_pair(args, name)
-    assert (args.data, args.split, args.points) == (SPLITS, profile["split"], profile["points"])
-    assert (args.seed, args.batch_size) == (profile["seed"], profile["batch_size"])
+    for shard in range(profile["shards"]):
+        args = parse("loss-profile", rule_arguments.loss_profile_shard_arguments(CONFIG, name, shard, SPLITS))
+        assert_expert_pair(args, name)
+        assert (args.data, args.split, args.points) == (SPLITS, profile["split"], profile["points"])
+        assert (args.images, args.seed, args.batch_size) == (profile.get("images"), profile["seed"], profile["batch_size"])
+        assert (args.shard, args.shards) == (shard, profile["shards"])
 
     args = parse("figure-loss-profile", rule_arguments.figure_loss_profile_arguments(CONFIG, name), "--profile", "p.csv")
     assert args.etas == numeric_etas(CONFIG["experiments"][name])
 
     args = parse("predict-vlb", rule_arguments.predict_vlb_arguments(CONFIG, name, SPLITS), "--profile", "p.csv")
-    assert (args.data, args.split) == (SPLITS, profile["split"])
+    assert (args.data, args.split, args.images, args.seed) == (SPLITS, profile["split"], profile.get("images"),
+                                                               profile["seed"])
     assert args.etas == [str(eta) for eta in CONFIG["experiments"][name]["etas"]]
+    assert args.switches == (auto_switch_path(name) if "auto" in args.etas else None)
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_the_auto_eta_reads_its_switches(name):
+    """Every job of eta auto gets the switches chosen from the loss profile; no other eta does."""
+    splits, spec = SPLITS, CONFIG["experiments"][name]
+    for eta in ("auto", "0.5"):
+        expected = auto_switch_path(name) if eta == "auto" else None
+        assert parse("nll", rule_arguments.nll_shard_arguments(CONFIG, name, eta, 0, splits)).switches == expected
+        assert parse("vlb", rule_arguments.vlb_run_arguments(CONFIG, name, eta, "run1", splits)).switches == expected
+        for sampler in ("ode", "ancestral"):
+            sample = parse("sample", rule_arguments.sample_shard_arguments(CONFIG, name, sampler, eta, 0))
+            assert sample.switches == expected
+    assert "auto" not in spec["etas"] or "loss_profile" in spec
 
 
 @pytest.mark.parametrize("name", ANALYSED)
@@ -199,13 +217,38 @@ def test_figure_grids(name):
     assert (args.kind, args.count, args.title) == ("samples", figures["grid_samples"], "ancestral sampler")
 
 
+def recommend_budget(name):
+    return CONFIG["experiments"][name].get("recommend", {}).get("fid_budget", 0.05)
+
+
+@pytest.mark.parametrize("name", ANALYSED)
 @pytest.mark.parametrize("profile, expected", [([], None), (["p.csv"], "p.csv"), ("p.csv", "p.csv")])
-def test_summary_and_table4(profile, expected):
+def test_summary_and_table4(name, profile, expected):
     files = ["--nll", "n.csv", "--vlb", "v.json", "--fid", "f.json"]
-    args = parse("summary", rule_arguments.summary_arguments(profile, profile), *files)
+    args = parse("summary", rule_arguments.summary_arguments(CONFIG, name, profile, profile), *files)
     assert args.profile == args.predicted == expected
+    assert args.recommend_fid_budget == recommend_budget(name) and args.fid_budget == 0.1  # the claim's own budget
     args = parse("table", rule_arguments.table4_arguments(profile), "--table", "4", "--inputs", "v.json")
     assert args.predicted == expected
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_figure_tradeoff(name):
+    files = ["--nll", "n.csv", "--vlb", "v.json", "--fid", "f.json"]
+    args = parse("figure-tradeoff", rule_arguments.figure_tradeoff_arguments(CONFIG, name), *files)
+    assert args.recommend_fid_budget == recommend_budget(name)
+
+
+def test_recommend_budget_is_configured_per_analysed_experiment_and_defaults_to_5_percent():
+    assert all("recommend" in CONFIG["experiments"][name] for name in ANALYSED)
+    config = copy.deepcopy(CONFIG)
+    del config["experiments"]["cifar10"]["recommend"]
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    assert rule_arguments.recommend_fid_budget(config, "cifar10") == 0.05
+    config["experiments"]["cifar10"]["recommend"] = {"fid_budget": 0.2}
+    args = parse("figure-tradeoff", rule_arguments.figure_tradeoff_arguments(config, "cifar10"), "--nll", "n",
+                 "--vlb", "v", "--fid", "f")
+    assert args.recommend_fid_budget == 0.2
 
 
 @pytest.mark.parametrize("number", [1, 2, 4])
@@ -225,6 +268,8 @@ def test_literature_table(number):
     assert args.table == number
     for kind in kinds:
         assert getattr(args, kind) == [[name, *files[f"{kind}_{name}"]] for name in CONFIG["paper"]]
+    assert [(name, float(budget)) for name, budget in args.recommend_fid_budget] == [
+        (name, recommend_budget(name)) for name in CONFIG["paper"]]
 
 
 AWKWARD = "it's a \"quoted\" $HOME `x` value;"  # a space, both quotes and what a shell would expand

@@ -2,7 +2,9 @@
 import pandas as pd
 import pytest
 
-from expertmerge.summary import claims, claims_markdown, profile_markdown, results_frame, results_markdown
+from expertmerge import literature
+from expertmerge.summary import (claims, claims_markdown, ode_frame, profile_markdown, recommendation_markdown,
+                                 recommended_eta, results_frame, results_markdown)
 
 # eta_label -> (eta, NLL, VLB, FID ode, FID ancestral): shaped like the paper's CIFAR-10 numbers
 PAPER_LIKE = {
@@ -86,3 +88,60 @@ def test_profile_markdown_shows_both_curves_and_their_crossing():
     assert "| γ | -4.0 | -2.0 | 0.0 | 2.0 |" in text
     assert "| EDM | – | 0.700 | 0.500 | 0.300 |" in text and "| VDM | 1.250 | 0.850 | 0.450 | – |" in text
     assert "cross at γ = -0.50 (η = 0.583)" in text  # 0.5 - 0.1 g = 0.45 - 0.2 g at g = -0.5
+
+
+# 0.1 keeps EDM's FID within 5% (2.08 <= 2.10); 0.3 has a better NLL but a FID just over the limit (2.15)
+WITHIN_5_PERCENT = {**PAPER_LIKE, "0.1": (0.1, 2.80, 2.90, 2.08, 3.1)}
+
+
+def test_recommendation_is_the_best_nll_within_the_fid_budget():
+    recommendation = recommended_eta(results_frame(*records(WITHIN_5_PERCENT)), 0.05)
+    assert recommendation.row["eta_label"] == "0.1" and recommendation.fid_limit == pytest.approx(2.10)
+    assert recommendation.candidates["eta_label"].tolist() == ["eta_min", "0.1"]  # not 0.3 (2.15), nor a baseline
+    assert recommendation.candidates["margin"].tolist() == pytest.approx([1.0, 0.2])  # (2.10 - FID) / spread 0.1
+    wider = recommended_eta(results_frame(*records(WITHIN_5_PERCENT)), 0.1)  # limit 2.2: 0.3 qualifies
+    assert wider.row["eta_label"] == "0.3"
+    with pytest.raises(ValueError, match=">= 0"):
+        recommended_eta(results_frame(*records(WITHIN_5_PERCENT)), -0.1)
+
+
+def test_recommendation_markdown_states_the_rule_the_limit_the_candidates_and_the_pick():
+    text = recommendation_markdown(recommended_eta(results_frame(*records(WITHIN_5_PERCENT)), 0.05))
+    assert "lowest ODE NLL whose ODE FID ≤ 1.05 × EDM's = 2.10" in text
+    assert "| ηmin | 3.090 ± 0.058 | 2.00 ± 0.10 | 1.0 |" in text
+    assert "| **0.1** (recommended) | 2.800 ± 0.058 | 2.08 ± 0.10 | 0.2 |" in text
+    assert "| 0.3 |" not in text and text.endswith("Recommended: η = 0.1, NLL 2.800 bpd, ODE FID 2.08.\n")
+
+
+def test_no_merge_within_the_budget_gives_no_recommendation():
+    worse = {label: (eta, bpd, bound, 3.0, anc) if label not in ("edm", "vdm") else (eta, bpd, bound, fid, anc)
+             for label, (eta, bpd, bound, fid, anc) in PAPER_LIKE.items()}
+    recommendation = recommended_eta(results_frame(*records(worse)), 0.05)
+    assert recommendation.row is None and recommendation.candidates.empty
+    assert "No merge has an ODE FID within this limit: no η is recommended." in recommendation_markdown(recommendation)
+
+
+def test_the_auto_merge_is_a_candidate():
+    with_auto = {**WITHIN_5_PERCENT, "auto": (0.25, 2.70, 2.75, 2.05, 3.0)}
+    recommendation = recommended_eta(results_frame(*records(with_auto)), 0.05)
+    assert recommendation.row["eta_label"] == "auto"
+    assert "Recommended: auto (η = 0.25)" in recommendation_markdown(recommendation)
+    nll, _, fid = records(with_auto)  # the same pick from the ODE records alone (what Fig. 2 and Table 3 use)
+    assert recommended_eta(ode_frame(nll, fid), 0.05).row["eta_label"] == "auto"
+
+
+def test_literature_rows_include_the_recommended_merge():
+    rows = literature.measured_from_records("cifar10", *records(WITHIN_5_PERCENT), fid_budget=0.05)
+    assert rows["model"].tolist() == ["EDM", "VDM", "Ours, best NLL (η = 0.30, CIFAR-10)",
+                                      "Ours, best FID (η = 0.04, CIFAR-10)",
+                                      "Ours, recommended (η = 0.10, FID ≤ 1.05 × EDM, CIFAR-10)"]
+    assert rows.iloc[-1][["nll", "fid"]].tolist() == pytest.approx([2.80, 2.08])
+    # Recommended and best NLL at once: one row, named as recommended first.
+    rows = literature.measured_from_records("cifar10", *records(WITHIN_5_PERCENT), fid_budget=0.1)
+    assert rows["model"].tolist() == ["EDM", "VDM", "Ours, recommended, best NLL (η = 0.30, FID ≤ 1.1 × EDM, CIFAR-10)",
+                                      "Ours, best FID (η = 0.04, CIFAR-10)"]
+    # No budget, or no merge within it: the paper's rows only.
+    assert len(literature.measured_from_records("cifar10", *records(WITHIN_5_PERCENT))) == 4
+    nll, vlb, fid = records(WITHIN_5_PERCENT)
+    fid.loc[fid["eta_label"] == "edm", "fid"] = 1.0
+    assert len(literature.measured_from_records("cifar10", nll, vlb, fid, fid_budget=0.05)) == 4

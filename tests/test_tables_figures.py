@@ -137,6 +137,49 @@ def test_tradeoff_figure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2.pdf", "fig2.png"]
 
 
+def drawn_tradeoff_figure(monkeypatch, rows, **options):
+    """The Fig. 2 matplotlib figure (not saved): its left (NLL) and right (FID) axes and its legend's texts."""
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, dpi: drawn.setdefault("fig", fig) and [])
+    figures.tradeoff_figure(rows, rows, rows + records("ancestral", 1.0), "unused", **options)
+    left, right = drawn["fig"].axes
+    return left, right, [text.get_text() for text in drawn["fig"].legends[0].get_texts()]
+
+
+def test_tradeoff_figure_marks_the_fid_limit_and_the_recommended_eta(monkeypatch):
+    left, right, legend = drawn_tradeoff_figure(monkeypatch, records(), fid_budget=0.05)
+    # EDM's ODE FID is 2: the limit is 2.1, which only eta_min (2.012) keeps; 0.2 has 2.32.
+    limit = [line for line in right.get_lines() if line.get_label().startswith("ODE FID limit")]
+    assert len(limit) == 1 and limit[0].get_ydata()[0] == pytest.approx(2.1) and limit[0].get_linestyle() == ":"
+    star = [line for line in left.get_lines() if line.get_marker() == "*"]
+    assert len(star) == 1 and (star[0].get_xdata()[0], star[0].get_ydata()[0]) == pytest.approx((0.0394, 2.6 + 0.4606 ** 2))
+    assert "recommended" in [text.get_text() for text in left.texts]
+    assert "ODE FID limit (1.05 × EDM)" in legend and "auto (VLB-optimal)" not in legend
+
+    left, right, legend = drawn_tradeoff_figure(monkeypatch, records(), fid_budget=0.0)  # nothing within: limit only
+    assert not [line for line in left.get_lines() if line.get_marker() == "*"]
+    assert "ODE FID limit (1 × EDM; no merge within)" in legend
+
+    left, right, legend = drawn_tradeoff_figure(monkeypatch, records())  # no budget: neither
+    assert not [line for line in right.get_lines() if line.get_label().startswith("ODE FID limit")]
+
+
+def test_tradeoff_figure_draws_the_auto_merge_apart_from_the_line(monkeypatch, tmp_path):
+    auto = dict(records()[3], eta_label="auto", eta=0.3, bpd_mean=2.5, fid=2.05)
+    left, right, legend = drawn_tradeoff_figure(monkeypatch, records() + [auto], fid_budget=0.05)
+    ode_line = next(bars.lines[0] for bars in left.containers if bars.get_label() == "NLL, ODE")
+    assert 0.3 not in ode_line.get_xdata() and list(ode_line.get_xdata()) == [0.0394, 0.2, 0.4, 0.6, 0.8294]
+    pluses = [line for line in left.get_lines() + right.get_lines() if line.get_marker() == "P"]
+    assert len(pluses) == 3 and all(list(line.get_xdata()) == [0.3] for line in pluses)  # NLL, VLB, ODE FID
+    assert "auto (VLB-optimal)" in legend
+    star = next(line for line in left.get_lines() if line.get_marker() == "*")
+    assert star.get_xdata()[0] == 0.3  # the auto merge is a candidate, and here the best NLL within the limit
+    monkeypatch.undo()
+    paths = figures.tradeoff_figure(records() + [auto], records() + [auto], records() + [auto], tmp_path / "fig2",
+                                    fid_budget=0.05)
+    assert png_shape(paths[0])[:2] == (600, 960)
+
+
 def test_predicted_vlb_figure(tmp_path):
     runs = [dict(eta_label=label, eta=eta, vlb=2.6 + eta + 0.01 * run) for label, eta in zip(LABELS, ETAS)
             for run in range(10)]

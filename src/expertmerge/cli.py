@@ -63,7 +63,17 @@ def _expert_pair(parser):
 
 def _experts(parser):
     _expert_pair(parser)
-    parser.add_argument("--eta", required=True, help="switch level: a number, eta_min, eta_max or an expert's name")
+    parser.add_argument("--eta", required=True,
+                        help="switch level: a number, eta_min, eta_max, an expert's name, or auto (needs --switches)")
+    parser.add_argument("--switches", default=None, help="eta auto: the auto-switch .json chosen from the loss profile")
+
+
+def _selection(parser, whose=""):
+    """The images a loss profile is measured on: a split, or a fixed seeded choice of its images."""
+    parser.add_argument("--split", default="val", help=f"{whose}split (never the test split for choosing eta)")
+    parser.add_argument("--images", type=int, default=None, help=f"{whose}number of images of the split, chosen by "
+                        "--seed (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="selection and noise seed (image j draws from (seed, j))")
 
 
 def _common(parser, out_help):
@@ -198,18 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
                   "profile .csv")
     _expert_pair(sub)
     sub.add_argument("--data", required=True, help="splits .npz")
-    sub.add_argument("--split", default="val")
+    _selection(sub)
     sub.add_argument("--points", type=int, required=True, help="grid points over the union of both gamma ranges")
-    sub.add_argument("--seed", type=int, default=0, help="noise seed (image j draws from the pair seed, j)")
     sub.add_argument("--batch-size", type=int, default=256, help="images per network call")
+    sub.add_argument("--shard", type=int, default=0, help="this job's part of the images (0-based)")
+    sub.add_argument("--shards", type=int, default=1, help="equal parts of the images (combine-profiles joins them)")
+
+    sub = command("combine-profiles", profile_commands.cmd_combine_profiles,
+                  "one loss profile from its shards (means and standard errors pooled exactly)", "profile .csv")
+    sub.add_argument("--inputs", nargs="+", required=True, help="the loss-profile shard .csv files")
+
+    sub = command("auto-switch", profile_commands.cmd_auto_switch,
+                  "the VLB-optimal switches (eta auto) from the experts' L(gamma), smoothed to the fewest that "
+                  "lose at most one standard error", "switches .json")
+    sub.add_argument("--profile", required=True, help="loss-profile .csv")
 
     sub = command("predict-vlb", profile_commands.cmd_predict_vlb,
                   "each eta's VLB predicted from the experts' L(gamma) (Eq. 6-7), with no network evaluation",
                   "predicted .csv")
     sub.add_argument("--profile", required=True, help="loss-profile .csv (its grid holds both experts' range ends)")
     sub.add_argument("--data", required=True, help="splits .npz: the prior and reconstruction terms")
-    sub.add_argument("--split", default="val", help="the profile's split")
+    _selection(sub, "the profile's ")
     sub.add_argument("--etas", nargs="+", required=True, help="eta labels, as config.yaml's etas")
+    sub.add_argument("--switches", default=None, help="eta auto: the auto-switch .json")
 
     sub = command("table", commands.cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
     sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
@@ -227,10 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (("--nll", "per-image ODE NLL .csv"), ("--vlb", "per-run VLB .json"), ("--fid", "FID .json")):
         sub.add_argument(flag, nargs="+", action="append", required=True, metavar="DATASET FILE",
                          help=f"cifar10 or imagenet32, then its {what} files (repeat per data set)")
+    sub.add_argument("--recommend-fid-budget", type=key_value, nargs="+", default=[], metavar="DATASET=DELTA",
+                     help="per data set: add the merge with the best ODE NLL whose ODE FID <= (1 + DELTA) x the "
+                          "quality expert's (default DELTA 0.05)")
 
     sub = command("figure-tradeoff", commands.cmd_figure_tradeoff, "Fig. 2: NLL and FID against eta", "figure .png path")
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
+    sub.add_argument("--recommend-fid-budget", type=float, default=0.05, metavar="DELTA",
+                     help="mark the ODE FID limit (1 + DELTA) x the quality expert's and the merge with the best "
+                          "ODE NLL within it")
 
     sub = command("figure-predicted-vlb", profile_commands.cmd_figure_predicted_vlb,
                   "the VLB predicted from L(gamma) against the measured VLB, per eta", "figure .png path")
@@ -245,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--predicted", default=None, help="a predict-vlb CSV: adds the predicted VLB per eta")
     sub.add_argument("--fid-budget", type=float, default=0.1,
                      help="a merge keeps the quality expert's FID if its ODE FID <= (1 + budget) x the expert's")
+    sub.add_argument("--recommend-fid-budget", type=float, default=0.05, metavar="DELTA",
+                     help="recommend the merge with the best ODE NLL whose ODE FID <= (1 + DELTA) x the quality "
+                          "expert's (separate from --fid-budget, the paper's claim)")
 
     sub = command("figure-grid", commands.cmd_figure_grid, "Fig. 3 (fixed noise) or Figs. 6-7 (samples) per eta",
                   "figure .png path")
@@ -257,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "figure .png path")
     sub.add_argument("--profile", required=True, help="loss-profile .csv")
     sub.add_argument("--etas", type=float, nargs="*", default=[], help="switch levels to mark")
+    sub.add_argument("--switches", default=None, help="an auto-switch .json: its switches are marked")
     sub.add_argument("--title", default=None)
     return parser
 

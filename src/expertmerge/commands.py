@@ -133,7 +133,7 @@ def cmd_sample(args):
     from .shards import save_sample_shard
 
     device = resolve_device(args.device)
-    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device)
+    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     sampler, options = {
         "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm}),
         "ancestral": (sample_ancestral, {"steps": args.steps, "clip_denoised": args.clip_denoised}),
@@ -191,7 +191,7 @@ def cmd_nll(args):
     from .shards import write_csv
 
     device = resolve_device(args.device)
-    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     images, indices = _test_shard(args)
     progress = Progress(len(indices), f"ODE NLL at eta={args.eta}")
     result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
@@ -213,7 +213,7 @@ def cmd_vlb(args):
     from .shards import write_json
 
     device = resolve_device(args.device)
-    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     images = load_splits(args.data)[args.split]
     records = []
     for run in args.runs:  # one run's numbers depend on its seed only, so grouping runs changes nothing
@@ -255,13 +255,19 @@ def cmd_literature_table(args):
 
     import pandas as pd
 
-    from . import literature, tables
+    from . import literature, summary, tables
 
     groups = {kind: {dataset: files for dataset, *files in getattr(args, kind)} for kind in ("nll", "vlb", "fid")}
     if not (groups["nll"].keys() == groups["vlb"].keys() == groups["fid"].keys()):
         raise ValueError(f"--nll, --vlb and --fid must name the same data sets; got {[sorted(g) for g in groups.values()]}")
+    budgets = dict.fromkeys(groups["nll"], summary.RECOMMEND_FID_BUDGET)  # --recommend-fid-budget overrides
+    for dataset, budget in args.recommend_fid_budget:
+        if dataset not in budgets:
+            raise ValueError(f"--recommend-fid-budget names {dataset!r}, which has no --nll/--vlb/--fid files")
+        budgets[dataset] = float(budget)
     measured = pd.concat([literature.measured_from_records(dataset, *(tables.load_records(*groups[kind][dataset])
-                                                                      for kind in ("nll", "vlb", "fid")))
+                                                                      for kind in ("nll", "vlb", "fid")),
+                                                           fid_budget=budgets[dataset])
                           for dataset in groups["nll"]], ignore_index=True)
     table = literature.literature_table(args.table, measured)
     written = tables.write_table(table, Path(args.out).with_suffix(""), caption=literature.literature_caption(args.table))
@@ -272,7 +278,7 @@ def cmd_figure_tradeoff(args):
     from . import figures, tables
 
     figures.tradeoff_figure(tables.load_records(*args.nll), tables.load_records(*args.vlb),
-                            tables.load_records(*args.fid), args.out)
+                            tables.load_records(*args.fid), args.out, fid_budget=args.recommend_fid_budget)
 
 
 def cmd_summary(args):
@@ -285,8 +291,10 @@ def cmd_summary(args):
 
     frame = summary.results_frame(*(tables.load_records(*paths) for paths in (args.nll, args.vlb, args.fid)))
     claims = summary.claims(frame, args.fid_budget)
+    recommendation = summary.recommended_eta(frame, args.recommend_fid_budget)
     text = ("Results per switch level (NLL ± s.e. over test images, FID ± seed-group spread, VLB ± std over runs)"
-            "\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims))
+            "\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims)
+            + "\nRecommended η\n\n" + summary.recommendation_markdown(recommendation))
     if all(f"vlb_{term}" in frame.columns for term in summary.VLB_TERMS):
         text += "\nThe VLB by term (Eq. 6; bits/dim, mean over runs)\n\n" + summary.vlb_terms_markdown(frame)
     if args.profile:
@@ -301,6 +309,9 @@ def cmd_summary(args):
     write_text(out, text)
     for row in claims.itertuples():
         log.info("%s: %s (%s)", "holds" if row.holds else "DOES NOT HOLD", row.claim, row.measured)
+    pick = recommendation.row
+    log.info("recommended: %s", "none (no merge within the FID limit)" if pick is None
+             else summary.eta_name(pick["eta_label"], pick["eta"]))
 
 
 def cmd_figure_grid(args):

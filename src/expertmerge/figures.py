@@ -72,17 +72,25 @@ def save_figure(fig, stem, dpi: int = DPI) -> list[Path]:
 # Fig. 2 / 4: NLL (left axis) and FID (right axis) against eta.
 
 
+AUTO = "auto"  # the VLB-optimal merge: plotted at its first switch, a position rather than a point of the eta line
+AUTO_MARKER = dict(marker="P", ms=9, mec="black", mew=0.6, linestyle="none")
+
+
 def _curve(ax, df: pd.DataFrame, value: str, error: str | None, label: str, style: dict):
-    """Merged model as a line with error bars; unmerged baselines as distinct squares joined by dotted lines."""
+    """Merged models at one switch level as a line with error bars; unmerged baselines as distinct squares
+    joined by dotted lines to the nearest of them; the "auto" merge as a filled plus (AUTO_MARKER), apart."""
     df = df.sort_values("eta", kind="stable")
-    baseline = ~df["eta_label"].map(is_merged)
-    merged = df[~baseline]
-    yerr = merged[error] if error in merged.columns else None
-    ax.errorbar(merged["eta"], merged[value], yerr=yerr, label=label, capsize=2, **style)
+    baseline, auto = ~df["eta_label"].map(is_merged), df["eta_label"] == AUTO
+    merged = df[~baseline & ~auto]
+    yerr = (lambda part: part[error]) if error in df.columns else (lambda part: None)
+    ax.errorbar(merged["eta"], merged[value], yerr=yerr(merged), label=label, capsize=2, **style)
     for _, row in df[baseline].iterrows():
         nearest = merged.iloc[(merged["eta"] - row["eta"]).abs().argmin()] if len(merged) else row
         ax.plot([row["eta"], nearest["eta"]], [row[value], nearest[value]], ":", color=style["color"])
         ax.plot(row["eta"], row[value], "s", ms=8, mfc="white", mew=1.5, color=style["color"])
+    if auto.any():
+        ax.errorbar(df.loc[auto, "eta"], df.loc[auto, value], yerr=yerr(df[auto]), capsize=2, color=style["color"],
+                    zorder=4, **AUTO_MARKER)
 
 
 def _eta_range(frames, eta_range):
@@ -94,9 +102,29 @@ def _eta_range(frames, eta_range):
     return tuple(float(f.iloc[0]) if len(f) else None for f in found)
 
 
-def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None) -> list[Path]:
+def _mark_recommendation(left, right, nll, fid, fid_budget: float, color: str):
+    """The ODE FID limit (1 + fid_budget) x the quality expert's as a dotted line on the FID axis, and the
+    recommended merge (`summary.recommended_eta`) as a star on the ODE NLL curve with a thin vertical line."""
+    from .summary import ode_frame, recommended_eta
+
+    recommendation = recommended_eta(ode_frame(nll, fid), fid_budget)
+    within = "" if recommendation.row is not None else "; no merge within"
+    right.axhline(recommendation.fid_limit, color=color, linestyle=":", linewidth=1.2,
+                  label=f"ODE FID limit ({1 + fid_budget:g} × {recommendation.quality}{within})")
+    if recommendation.row is not None:
+        eta, bpd = recommendation.row["eta"], recommendation.row["bpd_mean"]
+        left.axvline(eta, color="black", linewidth=0.6, alpha=0.6)
+        left.text(eta, 0.98, "recommended", transform=left.get_xaxis_transform(), rotation=90, ha="right",
+                  va="top", fontsize=7)
+        left.plot(eta, bpd, marker="*", ms=15, color="C0", mec="black", mew=0.8, linestyle="none", zorder=5,
+                  label="recommended η (best NLL in the FID limit)")
+
+
+def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None, fid_budget=None) -> list[Path]:
     """Fig. 2: ODE NLL (bpd_mean ± bpd_sem) and VLB (vlb_mean ± vlb_std) on the left axis, FID per
-    sampler (fid ± fid_spread) on the right, against eta; dashed lines at eta_min and eta_max.
+    sampler (fid ± fid_spread) on the right, against eta; dashed lines at eta_min and eta_max; an "auto"
+    row as its own marker. Given `fid_budget` (and ODE NLL and ODE FID records), the ODE FID limit and the
+    recommended merge are marked (`_mark_recommendation`).
     Any of the three record sets may be None; per-image / per-run rows are reduced as in `tables`."""
     parts = {"ode": None if nll_ode is None else nll_summary(nll_ode),
              "vlb": None if nll_vlb is None else vlb_summary(nll_vlb),
@@ -109,9 +137,13 @@ def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None) 
         _curve(left, parts["ode"], "bpd_mean", "bpd_sem", "NLL, ODE", dict(color="C0", marker="o"))
     if parts["vlb"] is not None:
         _curve(left, parts["vlb"], "vlb_mean", "vlb_std", "NLL, VLB", dict(color="C1", marker="^"))
+    fid_colors = {}
     for k, (sampler, df) in enumerate(parts["fid"].groupby("sampler", sort=False) if parts["fid"] is not None else []):
         style = dict(color=f"C{k + 2}", marker="D", linestyle="--")
         _curve(right, df, "fid", "fid_spread", f"FID, {SAMPLER_NAMES.get(sampler, sampler)} sampler", style)
+        fid_colors[sampler] = style["color"]
+    if fid_budget is not None and parts["ode"] is not None and "ode" in fid_colors:
+        _mark_recommendation(left, right, parts["ode"], parts["fid"], fid_budget, fid_colors["ode"])
     for eta, name in zip(_eta_range([p for p in parts.values() if p is not None], eta_range), ("min", "max")):
         if eta is not None:
             left.axvline(eta, color="gray", linestyle="--", linewidth=1)
@@ -122,10 +154,13 @@ def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None) 
     handles, labels = (sum(pair, []) for pair in zip(*(ax.get_legend_handles_labels() for ax in (left, right))))
     handles.append(Line2D([], [], color="gray", linestyle=":", marker="s", mfc="white", label="unmerged baseline"))
     labels.append("unmerged baseline")
+    if any(p is not None and (p["eta_label"] == AUTO).any() for p in parts.values()):
+        handles.append(Line2D([], [], color="gray", **AUTO_MARKER))
+        labels.append("auto (VLB-optimal)")
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
     if title:
         left.set_title(title, pad=14)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 * math.ceil(len(labels) / 3), 1, 1))
     return save_figure(fig, stem, dpi=150)
 
 
@@ -161,11 +196,13 @@ PROFILE_COLUMNS = ("role", "expert", "gamma", "loss", "standard_error", "eta_min
 BITS_PER_UNIT_GAMMA = 1 / (2 * math.log(2))  # d(diffusion term, bits/dim)/d gamma at L = 1 (Eq. 7)
 
 
-def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = (), title=None) -> list[Path]:
+def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = (), auto: Sequence[float] = (),
+                        title=None) -> list[Path]:
     """L(gamma) of the quality and likelihood experts (log scale) with ±1 standard-error bands; dashed lines
     at gamma(eta_min) and gamma(eta_max), light lines at the gamma of each of `etas` (Eq. 14, eta also on the
-    top axis), open circles where the curves cross. The right axis reads L as the VLB's integrand in bits/dim
-    per unit gamma. `profile` holds the rows of `expertmerge loss-profile`."""
+    top axis), open circles where the curves cross, and solid lines at the VLB-optimal merge's switches
+    (`auto`, as etas). The right axis reads L as the VLB's integrand in bits/dim per unit gamma. `profile`
+    holds the rows of `expertmerge loss-profile`."""
     from .loss_profile import crossings  # here, not at the top: the other figures' jobs need no torch
 
     missing = [column for column in PROFILE_COLUMNS if column not in profile.columns]
@@ -190,6 +227,9 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
         ax.plot(*zip(*crossed), "o", ms=7, mfc="white", mec="black", label="curves cross", zorder=3)
     for eta in etas:
         ax.axvline(linear_gamma(eta, gamma_0, gamma_1), color="gray", alpha=0.3, linewidth=0.8)
+    for k, eta in enumerate(auto):
+        ax.axvline(linear_gamma(eta, gamma_0, gamma_1), color="C3", linewidth=1.5,
+                   label=None if k else f"auto switch{'es' if len(auto) > 1 else ''} (VLB-optimal)")
     for eta, name in ((eta_min, "min"), (eta_max, "max")):
         ax.axvline(linear_gamma(eta, gamma_0, gamma_1), color="gray", linestyle="--", linewidth=1)
         ax.text(linear_gamma(eta, gamma_0, gamma_1), 0.02, f" η{name}", transform=ax.get_xaxis_transform(),

@@ -170,25 +170,38 @@ def _nll_text(nll, nll_vlb, mark: str = "") -> str:
     return "/".join(parts) or EMPTY
 
 
-def measured_from_records(dataset: str, nll, vlb, fid) -> pd.DataFrame:
+def measured_from_records(dataset: str, nll, vlb, fid, fid_budget: float | None = None) -> pd.DataFrame:
     """This pipeline's rows for one data set, chosen as the paper chose its own: both baselines, the
-    merged model with the best ODE NLL and the one with the best ODE FID. `nll`: per-image ODE NLL
-    records; `vlb`: per-run VLB records; `fid`: per-(sampler, eta) FID records (see expertmerge.tables)."""
+    merged model with the best ODE NLL and the one with the best ODE FID (one row, "best NLL", when they
+    are the same); and, given `fid_budget`, the recommended merge (`summary.recommended_eta`: the best ODE
+    NLL with an ODE FID <= (1 + fid_budget) x the quality expert's), named "recommended, best ..." when it
+    is also one of the others.
+    `nll`: per-image ODE NLL records; `vlb`: per-run VLB records; `fid`: per-(sampler, eta) FID records
+    (see expertmerge.tables)."""
+    from .summary import ode_frame, recommended_eta
     from .tables import is_merged, nll_summary, row_label, vlb_summary
 
     title = DATASETS.get(dataset, dataset)
     nll, vlb = nll_summary(nll).set_index("eta_label"), vlb_summary(vlb).set_index("eta_label")
-    fid = fid[fid["sampler"] == "ode"].set_index("eta_label")
-    merged = [label for label in nll.index if is_merged(label) and label in fid.index]
+    fid_ode = fid[fid["sampler"] == "ode"].set_index("eta_label")
+    merged = [label for label in nll.index if is_merged(label) and label in fid_ode.index]
     picks = {label: row_label({**nll.loc[label].to_dict(), "eta_label": label}) for label in nll.index
              if not is_merged(label)}
+    whats, limit = {}, ""  # merged label -> why it is picked
     if merged:
-        best_nll, best_fid = nll.loc[merged, "bpd_mean"].idxmin(), fid.loc[merged, "fid"].idxmin()
-        for label, what in ((best_nll, "best NLL"), (best_fid, "best FID")):
-            eta = float(nll.loc[label, "eta"])
-            picks.setdefault(label, f"Ours, {what} (η = {eta:.2f}, {title})")
+        for label, what in ((nll.loc[merged, "bpd_mean"].idxmin(), "best NLL"),
+                            (fid_ode.loc[merged, "fid"].idxmin(), "best FID")):
+            whats.setdefault(label, [what])
+    if fid_budget is not None:
+        recommendation = recommended_eta(ode_frame(nll.reset_index(), fid), fid_budget)
+        limit = f", FID ≤ {1 + fid_budget:g} × {recommendation.quality}"
+        if recommendation.row is not None:
+            whats.setdefault(recommendation.row["eta_label"], []).insert(0, "recommended")
+    for label, what in whats.items():
+        detail = limit if "recommended" in what else ""
+        picks[label] = f"Ours, {', '.join(what)} (η = {float(nll.loc[label, 'eta']):.2f}{detail}, {title})"
     return pd.DataFrame([{"model": model, "dataset": dataset, "nll": nll.loc[label, "bpd_mean"],
                           "nll_vlb": vlb.loc[label, "vlb_mean"] if label in vlb.index else math.nan,
-                          "fid": fid.loc[label, "fid"] if label in fid.index else math.nan,
-                          "nfe": fid.loc[label, "nfe_mean"] if label in fid.index else math.nan}
+                          "fid": fid_ode.loc[label, "fid"] if label in fid_ode.index else math.nan,
+                          "nfe": fid_ode.loc[label, "nfe_mean"] if label in fid_ode.index else math.nan}
                          for label, model in picks.items()])

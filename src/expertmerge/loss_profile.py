@@ -164,12 +164,64 @@ def crossings(gammas, first, second) -> list[tuple[float, float]]:
     return found
 
 
-def profile_records(gammas: Sequence[float], loss) -> list[dict]:
-    """One record per measured gamma: gamma, loss (mean over images), standard_error and images."""
+def profile_records(gammas: Sequence[float], loss, paired=None) -> list[dict]:
+    """One record per measured gamma: gamma, loss (mean over images), standard_error and images; given the
+    other expert's per-image loss on the same images and noise (`paired`), also `difference` (the mean of
+    quality minus likelihood, passed in that order as (quality, likelihood)) and its standard error, which
+    the shared noise makes far smaller than either curve's (NaN where one expert is not measured)."""
     mean, error = mean_and_standard_error(loss)
     count = np.asarray(loss).shape[0]
-    return [{"gamma": float(gamma), "loss": float(m), "standard_error": float(e), "images": count}
-            for gamma, m, e in zip(gammas, mean, error) if np.isfinite(m)]
+    difference = difference_error = np.full(len(mean), math.nan)
+    if paired is not None:
+        quality, likelihood = (np.asarray(a, dtype=np.float64) for a in paired)
+        difference, difference_error = mean_and_standard_error(quality - likelihood)
+    return [{"gamma": float(gamma), "loss": float(m), "standard_error": float(e), "images": count,
+             "difference": float(d), "difference_standard_error": float(de)}
+            for gamma, m, e, d, de in zip(gammas, mean, error, difference, difference_error) if np.isfinite(m)]
+
+
+def selection_images(count: int, images: int | None = None, seed: int = 0) -> np.ndarray:
+    """Indices of the images a loss profile uses from a split of `count`: all of them (images=None), or a
+    fixed choice of `images` of them (a seeded permutation's first, in index order)."""
+    if images is None:
+        return np.arange(count)
+    if not (isinstance(images, int) and 1 < images <= count):
+        raise ValueError(f"a loss profile needs 2 to {count} images of its split (it has {count}), got {images!r}")
+    return np.sort(np.random.default_rng(seed).permutation(count)[:images])
+
+
+def pooled(counts, means, errors) -> tuple[int, float, float]:
+    """Count, mean and standard error of the union of groups given by their counts, means and standard
+    errors (std ddof 1 / sqrt(count)); exact, as from the images themselves."""
+    counts, means, errors = (np.asarray(a, dtype=np.float64) for a in (counts, means, errors))
+    total = counts.sum()
+    mean = float((counts * means).sum() / total)
+    spread = np.where(counts > 1, np.nan_to_num(errors) ** 2 * counts * (counts - 1), 0.0)  # (n-1) var per group
+    variance = (spread.sum() + (counts * (means - mean) ** 2).sum()) / (total - 1) if total > 1 else math.nan
+    return int(total), mean, math.sqrt(variance / total)
+
+
+def combine_profiles(frames):
+    """One loss profile from the profiles of disjoint shards of the images (rows as `profile_records`, with
+    role, expert and the range columns): means and standard errors pooled exactly per (role, gamma)."""
+    import pandas as pd
+
+    frame = pd.concat(list(frames), ignore_index=True)
+    keys = [column for column in frame.columns if column not in
+            ("loss", "standard_error", "images", "difference", "difference_standard_error")]
+    rows = []
+    for key, group in frame.groupby(keys, sort=False, dropna=False):
+        count, loss, error = pooled(group["images"], group["loss"], group["standard_error"])
+        paired = group["difference"].notna().all()
+        _, difference, difference_error = (pooled(group["images"], group["difference"], group["difference_standard_error"])
+                                           if paired else (count, math.nan, math.nan))
+        rows.append({**dict(zip(keys, key)), "loss": loss, "standard_error": error, "images": count,
+                     "difference": difference, "difference_standard_error": difference_error})
+    combined = pd.DataFrame(rows)[list(frame.columns)]
+    if combined.duplicated(["role", "gamma"]).any():
+        raise ValueError("the loss-profile shards disagree on their experts, ranges or seeds: combine only the "
+                         "shards of one profile")
+    return combined
 
 
 def profile_curves(records) -> tuple[np.ndarray, dict]:
@@ -186,3 +238,18 @@ def profile_curves(records) -> tuple[np.ndarray, dict]:
         curves[role] = (float(rows["gamma_min"].iloc[0]), float(rows["gamma_max"].iloc[0]), curve)
     return gammas, curves
 
+
+
+def difference_curves(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From a loss-profile table: the common gamma grid, the mean paired difference L_quality - L_likelihood
+    and its standard error on it (NaN where either expert is unmeasured)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(records)
+    gammas = np.unique(frame["gamma"].to_numpy(dtype=np.float64))
+    rows = frame[frame["role"] == "quality"]
+    difference, error = np.full(len(gammas), np.nan), np.full(len(gammas), np.nan)
+    where = np.searchsorted(gammas, rows["gamma"].to_numpy(dtype=np.float64))
+    difference[where] = rows["difference"].to_numpy(dtype=np.float64)
+    error[where] = rows["difference_standard_error"].to_numpy(dtype=np.float64)
+    return gammas, difference, error

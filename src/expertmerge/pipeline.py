@@ -1,9 +1,11 @@
 """Pipeline plumbing shared by the Snakefile and the CLI: eta labels, shards, config checks.
 
 An eta label is one of: the name of an expert (its baseline on its own native range, e.g.
-"edm" or "vdm"), "eta_min"/"eta_max" (the ends of the feasible range, Eq. 15), or a number
-in [eta_min, eta_max]. Plots place the quality baseline at 0 and the likelihood baseline at 1,
-as the paper does.
+"edm" or "vdm"), "eta_min"/"eta_max" (the ends of the feasible range, Eq. 15), a number
+in [eta_min, eta_max], or "auto": the VLB-optimal merge chosen from the experts' loss profile
+(`expertmerge auto-switch`, one or more switches; an experiment with `loss_profile` only). Plots place
+the quality baseline at 0 and the likelihood baseline at 1, as the paper does, and "auto" at its
+first switch.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from .experts.registry import get_family
 from .noise import feasible_etas, gamma_range
 
 RANGE_LABELS = ("eta_min", "eta_max")
+AUTO_LABEL = "auto"
 
 
 class ConfigError(ValueError):
@@ -29,17 +32,27 @@ class EtaChoice:
     plot_position: float    # where the paper plots it: quality baseline 0, likelihood baseline 1
     gamma_min: float = math.nan  # gamma range of the expert that runs (set once it is built)
     gamma_max: float = math.nan
+    switch_etas: tuple = ()  # every switch of a multi-switch merge ("auto"), low to high noise
 
     def record(self) -> dict:
         """Columns that identify this eta in result files (see expertmerge.tables)."""
-        return {"eta_label": self.label, "eta": self.plot_position,
-                "switch_eta": self.eta,  # None (JSON null, CSV empty) for a baseline
-                "gamma_min": self.gamma_min, "gamma_max": self.gamma_max}
+        record = {"eta_label": self.label, "eta": self.plot_position,
+                  "switch_eta": self.eta,  # None (JSON null, CSV empty) for a baseline
+                  "gamma_min": self.gamma_min, "gamma_max": self.gamma_max}
+        if self.switch_etas:
+            record["switch_etas"] = " ".join(f"{eta:.6g}" for eta in self.switch_etas)
+        return record
 
 
-def resolve_eta(label, expert_names: dict, eta_min: float, eta_max: float) -> EtaChoice:
-    """Turn an eta label into an EtaChoice; `expert_names` maps "quality"/"likelihood" to names."""
+def resolve_eta(label, expert_names: dict, eta_min: float, eta_max: float, switch_etas=None) -> EtaChoice:
+    """Turn an eta label into an EtaChoice; `expert_names` maps "quality"/"likelihood" to names.
+    "auto" needs its `switch_etas` (an auto-switch file's); it is recorded with its first switch."""
     label = str(label)
+    if label == AUTO_LABEL:
+        if not switch_etas:
+            raise ConfigError("eta 'auto' needs the switches chosen from the loss profile (an auto-switch .json)")
+        return EtaChoice(label, float(switch_etas[0]), None, float(switch_etas[0]),
+                         switch_etas=tuple(map(float, switch_etas)))
     for role, name in expert_names.items():
         if label == name:
             return EtaChoice(label, None, role, 0.0 if role == "quality" else 1.0)
@@ -49,12 +62,30 @@ def resolve_eta(label, expert_names: dict, eta_min: float, eta_max: float) -> Et
     try:
         eta = float(label)
     except ValueError:
-        raise ConfigError(f"eta {label!r} is neither a number, 'eta_min', 'eta_max' nor an expert name "
+        raise ConfigError(f"eta {label!r} is neither a number, 'eta_min', 'eta_max', 'auto' nor an expert name "
                           f"({', '.join(expert_names.values())})") from None
     if not (math.isfinite(eta) and eta_min - 1e-12 <= eta <= eta_max + 1e-12):
         raise ConfigError(f"eta {label} is outside the feasible range [{eta_min:.4f}, {eta_max:.4f}] "
                           f"(Eq. 15) of the experts' gamma ranges")
     return EtaChoice(label, eta, None, eta)
+
+
+def auto_switch_path(experiment_name: str) -> str:
+    """Where the pipeline writes an experiment's VLB-optimal switches (the "auto" eta)."""
+    return f"results/{experiment_name}/diagnostics/auto_switch.json"
+
+
+def load_switches(path) -> tuple[list[str], list[float]]:
+    """(roles serving each piece from low to high noise, switch etas) from an auto-switch .json."""
+    import json
+    from pathlib import Path
+
+    chosen = json.loads(Path(path).read_text())
+    roles, etas = chosen["experts"], [float(eta) for eta in chosen["switch_etas"]]
+    if len(roles) != len(etas) + 1 or set(roles) - {"quality", "likelihood"}:
+        raise ValueError(f"{path}: an auto-switch file lists one role (quality or likelihood) per piece, one piece "
+                         f"more than switches; got roles {roles} and switches {etas}")
+    return roles, etas
 
 
 def expert_names(experiment: dict) -> dict:
@@ -130,7 +161,7 @@ def runs_of_vlb_job(name: str) -> range:
 
 def numeric_etas(experiment: dict) -> list[float]:
     """The configured switch levels given as numbers (not eta_min/eta_max, not a baseline)."""
-    names = set(expert_names(experiment).values()) | set(RANGE_LABELS)
+    names = set(expert_names(experiment).values()) | set(RANGE_LABELS) | {AUTO_LABEL}
     return [float(label) for label in eta_labels(experiment) if label not in names]
 
 
@@ -194,7 +225,10 @@ def check_config(config: dict) -> None:
             eta_min, eta_max = experiment_eta_range(experiment)
             labels = eta_labels(experiment)
             for label in labels:
-                resolve_eta(label, expert_names(experiment), eta_min, eta_max)
+                if label == AUTO_LABEL and "loss_profile" not in experiment:
+                    raise ConfigError("eta 'auto' is chosen from the experts' loss profile: configure loss_profile")
+                if label != AUTO_LABEL:
+                    resolve_eta(label, expert_names(experiment), eta_min, eta_max)
         except ValueError as error:
             raise ConfigError(f"experiment {name!r}: {error}") from None
         if len(set(labels)) != len(labels):
@@ -208,16 +242,17 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"paper: {name!r} must name an experiment with measurements configured")
 
 
-def build_expert(quality_stem, likelihood_stem, label, device="cpu"):
+def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=None):
     """Load two expert checkpoints and return (expert for this eta label, EtaChoice, image shape).
 
     A baseline label (an expert's name, i.e. its checkpoint's file name) gives that expert alone on its
-    native range; any other label the hard switch at that eta (Eq. 14).
+    native range; "auto" the experts switching where its auto-switch file (`switches`) says; any other
+    label the hard switch at that eta (Eq. 14).
     """
     from pathlib import Path
 
     from .experts.checkpoint import load_expert
-    from .merge import eta_range, switch
+    from .merge import eta_range, switch, switch_many
 
     stems = {"quality": Path(quality_stem), "likelihood": Path(likelihood_stem)}
     names = {role: stem.name for role, stem in stems.items()}
@@ -227,6 +262,12 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu"):
     if len(loaded) == 1:
         (role, expert), = loaded.items()
         choice = resolve_eta(label, names, 0.0, 1.0)
+    elif str(label) == AUTO_LABEL:
+        if switches is None:
+            raise ValueError("eta 'auto' needs --switches: the auto-switch .json chosen from the loss profile")
+        roles, etas = load_switches(switches)
+        expert = switch_many([loaded[role] for role in roles], etas)
+        choice = resolve_eta(label, names, 0.0, 1.0, etas)
     else:
         choice = resolve_eta(label, names, *eta_range(loaded["quality"], loaded["likelihood"]))
         expert = switch(loaded["quality"], loaded["likelihood"], choice.eta)

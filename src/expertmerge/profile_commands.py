@@ -7,13 +7,22 @@ from __future__ import annotations
 from .commands import Progress, log
 
 
+def _selected_images(args):
+    """The profile's images: --images of the split (all by default), chosen by --seed; and their indices."""
+    from .datasets import load_splits
+    from .loss_profile import selection_images
+
+    images = load_splits(args.data)[args.split]
+    indices = selection_images(len(images), args.images, args.seed)
+    return images[indices], indices
+
+
 def cmd_loss_profile(args):
     from pathlib import Path
 
     import numpy as np
     import pandas as pd
 
-    from .datasets import load_splits
     from .devices import resolve_device
     from .experts.checkpoint import load_expert
     from .loss_profile import diffusion_term_bpd, in_range, loss_profile, profile_grid, profile_records
@@ -21,6 +30,8 @@ def cmd_loss_profile(args):
     from .seeding import run_seeds
     from .shards import write_csv
 
+    if not 0 <= args.shard < args.shards:
+        raise ValueError(f"--shard must be in 0..{args.shards - 1} for --shards {args.shards}, got {args.shard}")
     device = resolve_device(args.device)
     stems = {"quality": Path(args.quality), "likelihood": Path(args.likelihood)}
     experts = {role: load_expert(stem, device) for role, stem in stems.items()}
@@ -28,46 +39,89 @@ def cmd_loss_profile(args):
     eta_min, eta_max = eta_range(experts["quality"], experts["likelihood"])
     ends = [end for expert in experts.values() for end in (expert.gamma_min, expert.gamma_max)]
     grid = np.union1d(profile_grid(gamma_0, gamma_1, args.points), ends)  # each range's ends, for its integral
-    images = load_splits(args.data)[args.split]
-    seeds = run_seeds(args.seed, range(len(images)))  # the same noise for both experts at each gamma
-    records = []
+    images, indices = _selected_images(args)
+    part = np.array_split(np.arange(len(indices)), args.shards)[args.shard]  # equal shards of the selection
+    images, indices = images[part], indices[part]
+    seeds = run_seeds(args.seed, indices)  # image j's noise depends on j only; both experts see the same noise
+    losses = {}
     for role, expert in experts.items():
         inside = in_range(expert, grid)
-        loss = loss_profile(expert, images, grid, seeds=seeds, evaluate=inside, batch_size=args.batch_size,
-                            device=device, progress=Progress(len(images), f"L(gamma) of the {role} expert"))
+        losses[role] = loss_profile(expert, images, grid, seeds=seeds, evaluate=inside, batch_size=args.batch_size,
+                                    device=device, progress=Progress(len(images), f"L(gamma) of the {role} expert"))
+        log.info("%s expert %s: %d of %d grid points in its range; 1/(2 ln 2) int L dgamma over them %.4f bpd",
+                 role, stems[role].name, inside.sum(), len(grid),
+                 diffusion_term_bpd(grid[inside], losses[role][:, inside].mean(0).numpy()))
+    paired = (losses["quality"].numpy(), losses["likelihood"].numpy())
+    records = []
+    for role, expert in experts.items():
         ranges = {"gamma_min": expert.gamma_min, "gamma_max": expert.gamma_max, "eta_min": eta_min,
                   "eta_max": eta_max, "gamma_0": gamma_0, "gamma_1": gamma_1}
         records += [{"role": role, "expert": stems[role].name, **record, **ranges}
-                    for record in profile_records(grid, loss)]
-        mean = loss[:, inside].mean(0).numpy()
-        log.info("%s expert %s: %d of %d grid points in its range; 1/(2 ln 2) int L dgamma over them %.4f bpd",
-                 role, stems[role].name, inside.sum(), len(grid), diffusion_term_bpd(grid[inside], mean))
+                    for record in profile_records(grid, losses[role], paired)]
     write_csv(args.out, pd.DataFrame(records))
+
+
+def cmd_combine_profiles(args):
+    import pandas as pd
+
+    from .loss_profile import combine_profiles
+    from .shards import write_csv
+
+    combined = combine_profiles(pd.read_csv(path) for path in args.inputs)
+    write_csv(args.out, combined)
+    log.info("combined %d shards: %d images per gamma", len(args.inputs), combined["images"].max())
+
+
+def cmd_auto_switch(args):
+    import pandas as pd
+
+    from .loss_profile import difference_curves, profile_curves
+    from .noise import linear_gamma
+    from .shards import write_json
+    from .switch_selection import switch_etas, vlb_optimal_switches
+
+    profile = pd.read_csv(args.profile)
+    gammas, curves = profile_curves(profile)
+    _, _, difference_error = difference_curves(profile)
+    eta_min, eta_max, gamma_0, gamma_1 = (float(profile[key].iloc[0]) for key in ("eta_min", "eta_max", "gamma_0", "gamma_1"))
+    selection = vlb_optimal_switches(gammas, curves["likelihood"][2], curves["quality"][2], difference_error,
+                                     linear_gamma(eta_min, gamma_0, gamma_1), linear_gamma(eta_max, gamma_0, gamma_1))
+    describe = lambda c: {"switch_etas": switch_etas(c.switches, gamma_0, gamma_1), "switch_gammas": list(c.switches),  # noqa: E731
+                          "excess_bpd": c.excess_bpd, "standard_error_bpd": c.standard_error_bpd}
+    names = dict(zip(profile["role"], profile["expert"]))
+    write_json(args.out, {**describe(selection.chosen), "experts": selection.experts(), "names": names,
+                          "gamma_0": gamma_0, "gamma_1": gamma_1, "images": int(profile["images"].max()),
+                          "pointwise": describe(selection.pointwise),
+                          "candidates": [describe(c) for c in selection.candidates]})
+    log.info("auto: %d switch(es) at eta %s (the pointwise optimum has %d; %.4f bpd above it, standard error <= %.4f)",
+             len(selection.chosen.switches), ", ".join(f"{eta:.4f}" for eta in switch_etas(selection.chosen.switches,
+                                                                                          gamma_0, gamma_1)),
+             len(selection.pointwise.switches), selection.chosen.excess_bpd, selection.chosen.standard_error_bpd)
 
 
 def cmd_predict_vlb(args):
     import pandas as pd
 
-    from .datasets import load_splits
     from .loss_profile import predicted_vlb, profile_curves
     from .noise import linear_gamma
-    from .pipeline import resolve_eta
+    from .pipeline import AUTO_LABEL, load_switches, resolve_eta
     from .shards import write_csv
 
     profile = pd.read_csv(args.profile)
     gammas, curves = profile_curves(profile)
     names = dict(zip(profile["role"], profile["expert"]))
     eta_min, eta_max, gamma_0, gamma_1 = (float(profile[key].iloc[0]) for key in ("eta_min", "eta_max", "gamma_0", "gamma_1"))
-    images = load_splits(args.data)[args.split]
+    images, _ = _selected_images(args)
     records = []
     for label in args.etas:
-        choice = resolve_eta(label, names, eta_min, eta_max)
+        roles, etas = load_switches(args.switches) if label == AUTO_LABEL and args.switches else (["likelihood", "quality"], None)
+        choice = resolve_eta(label, names, eta_min, eta_max, etas)
         if choice.baseline:  # an expert alone, on its own range
             lo, hi, curve = curves[choice.baseline]
             pieces = [(lo, hi, curve)]
-        else:  # the likelihood expert below gamma_eta, the quality expert above (Eq. 14)
-            switch = linear_gamma(choice.eta, gamma_0, gamma_1)
-            pieces = [(gamma_0, switch, curves["likelihood"][2]), (switch, gamma_1, curves["quality"][2])]
+        else:  # the likelihood expert below gamma_eta, the quality expert above (Eq. 14); auto: as chosen
+            edges = [gamma_0, *(linear_gamma(eta, gamma_0, gamma_1) for eta in (etas or [choice.eta])), gamma_1]
+            pieces = [(lo, hi, curves[role][2]) for lo, hi, role in zip(edges[:-1], edges[1:], roles)]
         terms = predicted_vlb(images, gammas, pieces)
         records.append({**choice.record(), "gamma_min": pieces[0][0], "gamma_max": pieces[-1][1],
                         **{f"predicted_{key}": value for key, value in terms.items()}})
@@ -86,4 +140,7 @@ def cmd_figure_loss_profile(args):
 
     from . import figures
 
-    figures.loss_profile_figure(pd.read_csv(args.profile), args.out, etas=args.etas, title=args.title)
+    from .pipeline import load_switches
+
+    auto = load_switches(args.switches)[1] if args.switches else ()
+    figures.loss_profile_figure(pd.read_csv(args.profile), args.out, etas=args.etas, auto=auto, title=args.title)

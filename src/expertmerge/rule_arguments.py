@@ -14,7 +14,8 @@ import json
 import shlex
 
 from .downloads import UNPINNED
-from .pipeline import IMAGE_SHAPES, expert_names, expert_stem, gamma_range, numeric_etas, runs_of_vlb_job, shard_ranges
+from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, numeric_etas,
+                       runs_of_vlb_job, shard_ranges)
 
 LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
 
@@ -53,6 +54,11 @@ def expert_pair(config: dict, experiment: str) -> str:
     names = expert_names(spec)
     return options(**{role: expert_stem(experiment, names[role], spec["experts"][names[role]])
                       for role in ("quality", "likelihood")})
+
+
+def eta_options(experiment: str, eta: str, **more) -> str:
+    """--eta, and for "auto" the --switches file chosen from the experiment's loss profile."""
+    return options(eta=eta, switches=auto_switch_path(experiment) if eta == AUTO_LABEL else None, **more)
 
 
 def feature_network(config: dict, experiment: str) -> str:
@@ -141,7 +147,7 @@ def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str
               if sampler == "ode" else options(steps=ancestral["steps"]))
     if sampler == "ancestral" and ancestral.get("clip_denoised", True):
         solver += " --clip-denoised"
-    return " ".join([expert_pair(config, experiment), options(eta=eta, sampler=sampler), solver,
+    return " ".join([expert_pair(config, experiment), eta_options(experiment, eta, sampler=sampler), solver,
                      options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"]),
                      feature_network(config, experiment)])
 
@@ -149,27 +155,33 @@ def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str
 def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: str) -> str:
     nll = config["experiments"][experiment]["nll"]
     return " ".join([expert_pair(config, experiment),
-                     options(eta=eta, data=splits, split="test", shard=shard, shards=nll["shards"],
-                             images=nll.get("images"), rtol=nll["rtol"], atol=nll["atol"],
-                             dequantization=nll["dequantization"], error_norm=nll.get("error_norm", "batch-rms"),
-                             batch_size=nll["batch_size"])])
+                     eta_options(experiment, eta, data=splits, split="test", shard=shard, shards=nll["shards"],
+                                 images=nll.get("images"), rtol=nll["rtol"], atol=nll["atol"],
+                                 dequantization=nll["dequantization"], error_norm=nll.get("error_norm", "batch-rms"),
+                                 batch_size=nll["batch_size"])])
 
 
 def vlb_run_arguments(config: dict, experiment: str, eta: str, runs: str, splits: str) -> str:
     """`runs` is the job's file stem, run<k> or runs<first>-<last>."""
     return " ".join([expert_pair(config, experiment),
-                     options(eta=eta, data=splits, split="test", runs=runs_of_vlb_job(runs))])
+                     eta_options(experiment, eta, data=splits, split="test", runs=runs_of_vlb_job(runs))])
 
 
-def loss_profile_arguments(config: dict, experiment: str, splits: str) -> str:
+def profile_selection(config: dict, experiment: str) -> str:
+    """The images a loss profile is measured on: its split, or a fixed choice of `images` of it."""
     profile = config["experiments"][experiment]["loss_profile"]
-    return " ".join([expert_pair(config, experiment),
-                     options(data=splits, split=profile["split"], points=profile["points"],
-                             seed=profile.get("seed", 0), batch_size=profile["batch_size"])])
+    return options(split=profile["split"], images=profile.get("images"), seed=profile.get("seed", 0))
+
+
+def loss_profile_shard_arguments(config: dict, experiment: str, shard, splits: str) -> str:
+    profile = config["experiments"][experiment]["loss_profile"]
+    return " ".join([expert_pair(config, experiment), options(data=splits), profile_selection(config, experiment),
+                     options(points=profile["points"], batch_size=profile["batch_size"], shard=shard,
+                             shards=profile.get("shards", 1))])
 
 
 def figure_loss_profile_arguments(config: dict, experiment: str) -> str:
-    """The switch levels the figure marks (its --profile is the rule's input)."""
+    """The switch levels the figure marks (its --profile and --switches are the rule's inputs)."""
     return options(etas=numeric_etas(config["experiments"][experiment]))
 
 
@@ -182,10 +194,24 @@ def figure_samples_arguments(config: dict, experiment: str, sampler: str) -> str
                    count=config["experiments"][experiment]["figures"]["grid_samples"])
 
 
-def summary_arguments(profile, predicted=()) -> str:
-    """--profile and --predicted only when the experiment has a loss profile (each: its CSV, or nothing)."""
+RECOMMEND_FID_BUDGET = 0.05  # the schema's default of recommend.fid_budget (validate fills none inside $defs)
+
+
+def recommend_fid_budget(config: dict, experiment: str) -> float:
+    """The FID budget of an experiment's recommended eta: ODE FID <= (1 + budget) x the quality expert's."""
+    return config["experiments"][experiment].get("recommend", {}).get("fid_budget", RECOMMEND_FID_BUDGET)
+
+
+def figure_tradeoff_arguments(config: dict, experiment: str) -> str:
+    return options(recommend_fid_budget=recommend_fid_budget(config, experiment))
+
+
+def summary_arguments(config: dict, experiment: str, profile, predicted=()) -> str:
+    """The recommendation's FID budget; --profile and --predicted only when the experiment has a loss profile
+    (each: its CSV, or nothing)."""
     profile, predicted = file_list(profile), file_list(predicted)
-    return options(profile=profile[0] if profile else None, predicted=predicted[0] if predicted else None)
+    return options(recommend_fid_budget=recommend_fid_budget(config, experiment),
+                   profile=profile[0] if profile else None, predicted=predicted[0] if predicted else None)
 
 
 def table4_arguments(predicted) -> str:
@@ -195,9 +221,11 @@ def table4_arguments(predicted) -> str:
 
 
 def predict_vlb_arguments(config: dict, experiment: str, splits: str) -> str:
-    """Every configured eta, from the loss profile measured on the profile's split."""
+    """Every configured eta, from the loss profile measured on the profile's images."""
     spec = config["experiments"][experiment]
-    return options(data=splits, split=spec["loss_profile"]["split"], etas=[str(eta) for eta in spec["etas"]])
+    switches = auto_switch_path(experiment) if AUTO_LABEL in spec["etas"] else None
+    return " ".join([options(data=splits), profile_selection(config, experiment),
+                     options(etas=[str(eta) for eta in spec["etas"]], switches=switches)])
 
 
 def paper_table_arguments(config: dict, number, files) -> str:
@@ -207,6 +235,9 @@ def paper_table_arguments(config: dict, number, files) -> str:
 
 
 def literature_table_arguments(config: dict, number, files) -> str:
-    """`files` maps "<kind>_<experiment>" (kind: one of LITERATURE_KINDS) to that experiment's result files."""
+    """`files` maps "<kind>_<experiment>" (kind: one of LITERATURE_KINDS) to that experiment's result files;
+    each experiment's recommendation budget follows as <experiment>=<budget>."""
+    budgets = [f"{name}={recommend_fid_budget(config, name)}" for name in config["paper"]]
     return " ".join([options(table=number), *(options(**{kind: [name, *file_list(files[f"{kind}_{name}"])]})
-                                              for name in config["paper"] for kind in LITERATURE_KINDS)])
+                                              for name in config["paper"] for kind in LITERATURE_KINDS),
+                     options(recommend_fid_budget=budgets)])

@@ -7,8 +7,13 @@ switch at eta_min already beats the quality expert), and some merge is at least 
 likelihood expert while keeping the quality expert's FID within a budget. Inputs are the records the
 tables are made from (see `tables`); the baselines are told apart by the plotting convention, eta = 0
 for the quality expert and eta = 1 for the likelihood expert.
+
+Beside the claims, `recommended_eta` answers the practical question: which merge to use when the quality
+expert's FID may grow by at most a budget (config.yaml's recommend.fid_budget, 5% by default).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -83,6 +88,77 @@ def claims(frame: pd.DataFrame, fid_budget: float = 0.1) -> pd.DataFrame:
               ", ".join(f"{short_label(r.eta_label)}: {r.bpd_mean:.3f} bpd, FID {r.fid_ode:.1f}"
                         for r in good.itertuples()) or "none", len(good) > 0)
     return pd.DataFrame(rows)
+
+
+RECOMMEND_FID_BUDGET = 0.05  # config.yaml's recommend.fid_budget default: FID within 5% of the quality expert's
+
+
+class Recommendation(NamedTuple):
+    """The merge `recommended_eta` picks (None when no merge qualifies), every merge within the FID limit
+    (with its margin to the limit in units of its FID seed spread), and the limit itself."""
+    row: pd.Series | None
+    candidates: pd.DataFrame
+    fid_limit: float
+    fid_budget: float
+    quality: str  # the quality expert's short label, e.g. "EDM"
+
+
+def ode_frame(nll, fid) -> pd.DataFrame:
+    """Per eta: the ODE NLL (bpd_mean, bpd_sem) and the ODE sampler's FID (fid_ode, fid_spread_ode; NaN where
+    not measured), from NLL records and FID records (see `tables`): what `recommended_eta` reads."""
+    frame = nll_summary(nll)[["eta_label", "eta", "bpd_mean", "bpd_sem"]]
+    fid = check_records(fid, ("sampler", "fid"))
+    ode = fid[fid["sampler"] == "ode"].set_index("eta_label")
+    frame = frame.assign(fid_ode=frame["eta_label"].map(ode["fid"]),
+                         fid_spread_ode=frame["eta_label"].map(ode.get("fid_spread", pd.Series(dtype=float))))
+    return frame.sort_values("eta", kind="stable").reset_index(drop=True)
+
+
+def recommended_eta(frame: pd.DataFrame, fid_budget: float = RECOMMEND_FID_BUDGET) -> Recommendation:
+    """Among the merges (every merged eta label, "auto" included), the one with the lowest ODE NLL whose
+    ODE FID <= (1 + fid_budget) x the quality expert's (the unmerged row at eta 0). `frame`: a
+    `results_frame` or `ode_frame`. Candidates keep the frame's eta order; `margin` = (limit - FID) / spread."""
+    if not fid_budget >= 0:
+        raise ValueError(f"the FID budget is a fraction of the quality expert's FID, >= 0; got {fid_budget!r}")
+    quality = _baseline(frame, 0.0)
+    fid_limit = (1 + fid_budget) * quality["fid_ode"]
+    merged = frame[frame["eta_label"].map(is_merged)]
+    candidates = merged[merged["fid_ode"] <= fid_limit]
+    spread = candidates["fid_spread_ode"] if "fid_spread_ode" in candidates else np.nan
+    candidates = candidates.assign(margin=(fid_limit - candidates["fid_ode"]) / spread)
+    row = None if candidates.empty else candidates.loc[candidates["bpd_mean"].idxmin()]
+    return Recommendation(row, candidates, float(fid_limit), fid_budget, short_label(quality["eta_label"]))
+
+
+def recommendation_markdown(recommendation: Recommendation) -> str:
+    """The rule, the FID limit, every merge within it (NLL ± s.e., ODE FID ± seed spread, margin) and the pick."""
+    r = recommendation
+    text = (f"The merge with the lowest ODE NLL whose ODE FID ≤ {1 + r.fid_budget:g} × {r.quality}'s "
+            f"= {r.fid_limit:.2f}.\n\n")
+    if r.row is None:
+        return text + "No merge has an ODE FID within this limit: no η is recommended.\n"
+
+    def plus_minus(value, error, decimals):
+        return f"{value:.{decimals}f}" + ("" if pd.isna(error) else f" ± {error:.{decimals}f}")
+
+    lines = ["| η | NLL (bpd) | FID (ODE) | (limit − FID) / seed spread |", "|---|---|---|---|"]
+    for row in r.candidates.itertuples():
+        label = short_label(row.eta_label)
+        label = f"**{label}** (recommended)" if row.eta_label == r.row["eta_label"] else label
+        margin = "–" if not np.isfinite(row.margin) else f"{row.margin:.1f}"
+        lines.append(f"| {label} | {plus_minus(row.bpd_mean, row.bpd_sem, 3)} | "
+                     f"{plus_minus(row.fid_ode, getattr(row, 'fid_spread_ode', np.nan), 2)} | {margin} |")
+    pick = r.row
+    return (text + "\n".join(lines) + f"\n\nRecommended: {eta_name(pick['eta_label'], pick['eta'])}, "
+            f"NLL {pick['bpd_mean']:.3f} bpd, ODE FID {pick['fid_ode']:.2f}.\n")
+
+
+def eta_name(eta_label: str, eta: float) -> str:
+    """'η = 0.3' for a numbered switch level; 'ηmin (η = 0.0394)', 'auto (η = 0.412)' for a named one."""
+    try:
+        return f"η = {float(eta_label):g}"
+    except ValueError:
+        return f"{short_label(eta_label)} (η = {eta:.4g})"
 
 
 def results_markdown(frame: pd.DataFrame) -> str:

@@ -3,8 +3,8 @@
 import re
 
 from expertmerge import rule_arguments
-from expertmerge.pipeline import (check_config, eta_labels, expert_names, expert_stem, has_analysis, shard_ranges,
-                                  unpinned_downloads, vlb_job_name, vlb_job_runs)
+from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, check_config, eta_labels, expert_names, expert_stem,
+                                  has_analysis, shard_ranges, unpinned_downloads, vlb_job_name, vlb_job_runs)
 
 check_config(config)
 for unpinned in unpinned_downloads(config):
@@ -37,10 +37,20 @@ def checkpoint_files(stem):
 
 
 def expert_files(wildcards):
-    """The checkpoints an eta needs: one expert for its baseline, both for a merge."""
+    """The checkpoints an eta needs: one expert for its baseline, both for a merge, and for "auto" the
+    switches chosen from the loss profile."""
     if wildcards.eta in expert_names(experiment(wildcards)).values():
         return checkpoint_files(stem_of(wildcards.experiment, wildcards.eta))
-    return both_expert_files(wildcards)
+    return both_expert_files(wildcards) + ([auto_switch_path(wildcards.experiment)] if wildcards.eta == AUTO_LABEL else [])
+
+
+def auto_switch_files(wildcards):
+    """The auto-switch file in a list when "auto" is one of the experiment's etas, else empty."""
+    return [auto_switch_path(wildcards.experiment)] if AUTO_LABEL in eta_labels(experiment(wildcards)) else []
+
+
+def loss_profile_shards(name):
+    return range(config["experiments"][name]["loss_profile"].get("shards", 1))
 
 
 def both_expert_files(wildcards):
@@ -104,7 +114,7 @@ def experiment_targets(name):
     base = f"results/{name}"
     tables = [f"{base}/tables/table{k}.{ext}" for k in (1, 2, 4) for ext in ("csv", "md", "tex")]
     names = ["tradeoff", "fixed_noise", *(f"samples_{sampler}" for sampler in SAMPLERS)]
-    diagnostics = loss_profile_csv(name)
+    diagnostics = loss_profile_csv(name) + ([auto_switch_path(name)] if loss_profile_csv(name) else [])
     if diagnostics:
         names += ["loss_profile", "predicted_vlb"]
     figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]

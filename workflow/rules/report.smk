@@ -66,8 +66,10 @@ rule figure_tradeoff:
         "../../envs/expertmerge.yaml"
     log:
         "results/{experiment}/logs/figure_tradeoff.log",
+    params:
+        arguments=lambda w: rule_arguments.figure_tradeoff_arguments(config, w.experiment),
     shell:
-        "expertmerge figure-tradeoff --nll {input.nll} --vlb {input.vlb} --fid {input.fid}"
+        "expertmerge figure-tradeoff --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.arguments}"
         " --out {output.png} > {log} 2>&1"
 
 
@@ -87,7 +89,8 @@ rule summary:
     log:
         "results/{experiment}/logs/summary.log",
     params:
-        arguments=lambda w, input: rule_arguments.summary_arguments(input.profile, input.predicted),
+        arguments=lambda w, input: rule_arguments.summary_arguments(config, w.experiment, input.profile,
+                                                                    input.predicted),
     shell:
         "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.arguments}"
         " --out {output.md} > {log} 2>&1"

@@ -126,3 +126,46 @@ def test_loss_profile_covers_each_expert_on_its_range_of_one_grid(tiny, tmp_path
                                                     "predicted_diffusion"]].sum(axis=1))
     assert np.allclose(rows.loc[["edm", "vdm"], ["gamma_min", "gamma_max"]], [get_family("edm").gamma_range, (-13.3, 5.0)])
     assert (rows.loc[["eta_min", "0.5"], ["gamma_min", "gamma_max"]].to_numpy() == [gamma_0, gamma_1]).all()
+
+
+def test_a_sharded_profile_chooses_eta_auto_which_every_measurement_runs(tiny, tmp_path):
+    """A profile of a fixed choice of images in 3 shards, combined, equals the profile in one job; auto-switch
+    chooses from it, and sample, nll, vlb, predict-vlb and the figure run eta auto from the switches file."""
+    experts = ["--quality", tiny / "edm", "--likelihood", tiny / "vdm"]
+    profile = [*experts, "--data", tiny / "splits.npz", "--split", "train", "--images", 90, "--seed", 4, "--points", 12]
+    assert run("loss-profile", *profile, "--out", tmp_path / "whole.csv").returncode == 0
+    for shard in range(3):
+        result = run("loss-profile", *profile, "--shard", shard, "--shards", 3, "--out", tmp_path / f"shard{shard}.csv")
+        assert result.returncode == 0, result.stderr
+    shards = [tmp_path / f"shard{shard}.csv" for shard in range(3)]
+    assert run("combine-profiles", "--inputs", *shards, "--out", tmp_path / "combined.csv").returncode == 0
+    whole, combined = pd.read_csv(tmp_path / "whole.csv"), pd.read_csv(tmp_path / "combined.csv")
+    assert (combined["images"] == 90).all()
+    pd.testing.assert_frame_equal(combined, whole, check_exact=False, rtol=1e-9)
+
+    switches = tmp_path / "auto.json"
+    result = run("auto-switch", "--profile", tmp_path / "combined.csv", "--out", switches)
+    assert result.returncode == 0, result.stderr
+    chosen = json.loads(switches.read_text())
+    assert len(chosen["experts"]) == len(chosen["switch_etas"]) + 1 and len(chosen["switch_etas"]) % 2 == 1
+    assert chosen["experts"][0] == "likelihood" and chosen["experts"][-1] == "quality"
+
+    for args in (sample_args(tiny, tmp_path / "auto.npz", eta="auto") + ["--switches", switches],
+                 ["nll", *experts, "--eta", "auto", "--switches", switches, "--data", tiny / "splits.npz",
+                  "--split", "test", "--images", 4, "--rtol", 1e-2, "--atol", 1e-2, "--out", tmp_path / "nll.csv"],
+                 ["vlb", *experts, "--eta", "auto", "--switches", switches, "--data", tiny / "splits.npz",
+                  "--split", "test", "--runs", 1, "--out", tmp_path / "vlb.json"],
+                 ["predict-vlb", "--profile", tmp_path / "combined.csv", "--data", tiny / "splits.npz", "--split",
+                  "train", "--images", 90, "--seed", 4, "--etas", "auto", "--switches", switches,
+                  "--out", tmp_path / "predicted.csv"],
+                 ["figure-loss-profile", "--profile", tmp_path / "combined.csv", "--switches", switches,
+                  "--out", tmp_path / "profile.png"]):
+        result = run(*args)
+        assert result.returncode == 0, (args[0], result.stderr)
+    records = pd.read_csv(tmp_path / "nll.csv", dtype={"eta_label": str})
+    assert (records["eta_label"] == "auto").all() and np.allclose(records["eta"], chosen["switch_etas"][0])
+    assert json.loads((tmp_path / "vlb.json").read_text())[0]["eta_label"] == "auto"
+
+    result = run(*sample_args(tiny, tmp_path / "none.npz", eta="auto"))
+    assert result.returncode != 0 and "needs --switches" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "none.npz").exists()

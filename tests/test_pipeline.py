@@ -23,12 +23,12 @@ def reduced_config():
     for expert in digits["experts"].values():
         expert["train"].update(steps=40, batch_size=64, eval_every=20)
     digits["fid"]["classifier"].update(steps=60)
-    digits["etas"] = ["edm", "eta_min", 0.5, "eta_max", "vdm"]
+    digits["etas"] = ["edm", "eta_min", 0.5, "eta_max", "auto", "vdm"]
     digits["sampling"].update(num_samples=48, shard_size=24, batch_size=24, ode={"rtol": 1e-3, "atol": 1e-3},
                               ancestral={"steps": 16})
     digits["nll"].update(rtol=1e-3, atol=1e-3, shards=2, batch_size=200)
     digits["vlb"].update(runs=2, runs_per_job=1)  # one job per run; grouped: test_grouped_vlb_runs_give_the_same_table
-    digits["loss_profile"].update(points=23, batch_size=90)
+    digits["loss_profile"].update(points=23, batch_size=90, shards=2)
     digits["figures"].update(fixed_noise_rows=2, grid_samples=16)
     return config
 
@@ -65,7 +65,7 @@ def test_tables_have_one_finite_row_per_eta(finished_run):
     tables = finished_run / "results" / "digits" / "tables"
     for number, columns in ((1, ["NLL (bpd)", "NFE"]), (2, ["FID (ODE)", "FID (ancestral)"]), (4, ["VLB mean (bpd)"])):
         table = pd.read_csv(tables / f"table{number}.csv")
-        assert len(table) == 5, table
+        assert len(table) == 6, table
         for column in columns:
             assert np.isfinite(table[column]).all(), table
         assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
@@ -98,7 +98,7 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     config = reduced_config()
     config["experiments"]["digits"]["nll"]["rtol"] = 2e-3
     write_config(workdir, config)
-    assert planned_jobs(workdir) == {"nll_shard": 10, "table1": 1, "figure_tradeoff": 1, "summary": 1, "all": 1}
+    assert planned_jobs(workdir) == {"nll_shard": 12, "table1": 1, "figure_tradeoff": 1, "summary": 1, "all": 1}
     config = reduced_config()
     config["experiments"]["digits"]["etas"][2] = 0.6  # one eta changed: its jobs and the aggregates
     write_config(workdir, config)
@@ -115,7 +115,7 @@ def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):
     config = reduced_config()
     config["experiments"]["digits"]["vlb"]["runs_per_job"] = 2  # both runs of an eta in one job
     write_config(workdir, config)
-    assert planned_jobs(workdir) == {"vlb_run": 5, "table4": 1, "figure_tradeoff": 1, "figure_predicted_vlb": 1,
+    assert planned_jobs(workdir) == {"vlb_run": 6, "table4": 1, "figure_tradeoff": 1, "figure_predicted_vlb": 1,
                                      "summary": 1, "all": 1}
     snakemake(workdir)
     vlb = workdir / "results" / "digits" / "vlb"
@@ -134,6 +134,8 @@ def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):
     (lambda d: d["vlb"].update(runs_per_job=3), r"vlb.runs_per_job \(3\) exceeds vlb.runs \(2\)"),
     (lambda d: d["vlb"].update(runs_per_job=0), "minimum"),
     (lambda d: d["loss_profile"].update(points=1), "minimum"),
+    (lambda d: d["loss_profile"].update(split="test"), "'test' is not one of"),
+    (lambda d: d.pop("loss_profile"), "eta 'auto' is chosen from the experts' loss profile"),
 ])
 def test_schema_rejects_bad_config(tmp_path, change, message):
     config = reduced_config()

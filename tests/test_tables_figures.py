@@ -154,11 +154,11 @@ def test_tradeoff_figure_marks_the_fid_limit_and_the_recommended_eta(monkeypatch
     star = [line for line in left.get_lines() if line.get_marker() == "*"]
     assert len(star) == 1 and (star[0].get_xdata()[0], star[0].get_ydata()[0]) == pytest.approx((0.0394, 2.6 + 0.4606 ** 2))
     assert "recommended" in [text.get_text() for text in left.texts]
-    assert "ODE FID limit (1.05 × EDM)" in legend and "auto (VLB-optimal)" not in legend
+    assert "ODE FID limit (1.05×EDM)" in legend and "auto (VLB-optimal)" not in legend
 
     left, right, legend = drawn_tradeoff_figure(monkeypatch, records(), fid_budget=0.0)  # nothing within: limit only
     assert not [line for line in left.get_lines() if line.get_marker() == "*"]
-    assert "ODE FID limit (1 × EDM; no merge within)" in legend
+    assert "ODE FID limit (1×EDM; no merge within)" in legend
 
     left, right, legend = drawn_tradeoff_figure(monkeypatch, records())  # no budget: neither
     assert not [line for line in right.get_lines() if line.get_label().startswith("ODE FID limit")]

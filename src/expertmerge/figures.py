@@ -110,14 +110,17 @@ def _mark_recommendation(left, right, nll, fid, fid_budget: float, color: str):
     recommendation = recommended_eta(ode_frame(nll, fid), fid_budget)
     within = "" if recommendation.row is not None else "; no merge within"
     right.axhline(recommendation.fid_limit, color=color, linestyle=":", linewidth=1.2,
-                  label=f"ODE FID limit ({1 + fid_budget:g} × {recommendation.quality}{within})")
+                  label=f"ODE FID limit ({1 + fid_budget:g}×{recommendation.quality}{within})")
     if recommendation.row is not None:
         eta, bpd = recommendation.row["eta"], recommendation.row["bpd_mean"]
         left.axvline(eta, color="black", linewidth=0.6, alpha=0.6)
-        left.text(eta, 0.98, "recommended", transform=left.get_xaxis_transform(), rotation=90, ha="right",
-                  va="top", fontsize=7)
+        low, high = left.get_ylim()
+        at_top = (bpd - low) / (high - low) < 0.5  # the label goes to the end of the line away from the star
+        left.text(eta, 0.98 if at_top else 0.02, "recommended", transform=left.get_xaxis_transform(), rotation=90,
+                  ha="right", va="top" if at_top else "bottom", fontsize=7,
+                  bbox=dict(facecolor="white", edgecolor="none", alpha=0.7, pad=1))
         left.plot(eta, bpd, marker="*", ms=15, color="C0", mec="black", mew=0.8, linestyle="none", zorder=5,
-                  label="recommended η (best NLL in the FID limit)")
+                  label="recommended η")
 
 
 def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None, fid_budget=None) -> list[Path]:

@@ -194,12 +194,12 @@ def measured_from_records(dataset: str, nll, vlb, fid, fid_budget: float | None 
             whats.setdefault(label, [what])
     if fid_budget is not None:
         recommendation = recommended_eta(ode_frame(nll.reset_index(), fid), fid_budget)
-        limit = f", FID ≤ {1 + fid_budget:g} × {recommendation.quality}"
+        limit = f", FID within {100 * fid_budget:g}% of {recommendation.quality}"  # no ≤, ×: the .tex lacks them
         if recommendation.row is not None:
             whats.setdefault(recommendation.row["eta_label"], []).insert(0, "recommended")
     for label, what in whats.items():
-        detail = limit if "recommended" in what else ""
-        picks[label] = f"Ours, {', '.join(what)} (η = {float(nll.loc[label, 'eta']):.2f}{detail}, {title})"
+        where = ("auto, " if label == "auto" else "") + f"η = {float(nll.loc[label, 'eta']):.2f}"
+        picks[label] = f"Ours, {', '.join(what)} ({where}{limit if 'recommended' in what else ''}, {title})"
     return pd.DataFrame([{"model": model, "dataset": dataset, "nll": nll.loc[label, "bpd_mean"],
                           "nll_vlb": vlb.loc[label, "vlb_mean"] if label in vlb.index else math.nan,
                           "fid": fid_ode.loc[label, "fid"] if label in fid_ode.index else math.nan,

@@ -10,6 +10,8 @@ TFLOP/s, roughly an A100 in TF32; measure yours and pass it). Work per eta:
   ancestral sampling num_samples x 256 forwards
   ODE NLL            NLL images x NFE_nll x 3 (one forward and one vector-Jacobian product per step)
   VLB                runs x test images x 1 forward
+  eta auto           as the merged eta with the most NFE (its switches are chosen by the run itself)
+  loss profile       selection images x grid points x 2 experts x 1 forward (once per data set; eta auto's input)
 (Not counted: training, and the Inception features, ~11 GFLOPs per image, about 0.3 GPU-h per eta.)
 A merged eta is charged at the larger of its two experts' forward costs (an upper bound).
 """
@@ -32,6 +34,7 @@ EXPERTS = {"CIFAR-10": ("ddpmpp-cifar10", "vdm-cifar10"), "ImageNet32": ("ddpmpp
 WORK = {"CIFAR-10": dict(samples=50_000, nll_images=10_000, vlb_images=10_000, runs=10),
         "ImageNet32": dict(samples=50_000, nll_images=49_999, vlb_images=49_999, runs=10)}  # all, as the paper
 ANCESTRAL_STEPS = 256
+PROFILE = dict(images=10_000, points=91)  # config.yaml's loss_profile: 10k training images, 89 points + range ends
 
 
 def forward_flops(name: str) -> float:
@@ -58,12 +61,15 @@ def main():
         work = WORK[dataset]
         print(f"\n{dataset}\n{'eta':>6} {'ODE':>7} {'ancestral':>9} {'NLL':>7} {'VLB':>6} {'total':>7}")
         totals = 0.0
-        for i, eta in enumerate(ETAS):
+        merged = range(1, len(ETAS) - 1)
+        auto = {kind: max(nfe[kind][i] for i in merged) for kind in ("ode", "nll")}  # an upper bound for eta auto
+        for i, eta in enumerate([*ETAS, "auto"]):
             cost = edm if eta == "EDM" else vdm if eta == "VDM" else max(edm, vdm)
+            nfe_ode, nfe_nll = (auto["ode"], auto["nll"]) if eta == "auto" else (nfe["ode"][i], nfe["nll"][i])
             hours = {
-                "ode": work["samples"] * nfe["ode"][i] * cost,
+                "ode": work["samples"] * nfe_ode * cost,
                 "ancestral": work["samples"] * ANCESTRAL_STEPS * cost,
-                "nll": work["nll_images"] * nfe["nll"][i] * 3 * cost,
+                "nll": work["nll_images"] * nfe_nll * 3 * cost,
                 "vlb": work["runs"] * work["vlb_images"] * cost,
             }
             hours = {key: value * seconds_per_flop / 3600 for key, value in hours.items()}
@@ -71,6 +77,9 @@ def main():
             totals += total
             print(f"{eta:>6} {hours['ode']:7.2f} {hours['ancestral']:9.2f} {hours['nll']:7.2f} {hours['vlb']:6.2f} "
                   f"{total:7.2f}")
+        profile = PROFILE["images"] * PROFILE["points"] * (edm + vdm) * seconds_per_flop / 3600
+        totals += profile
+        print(f"{'L(γ)':>6} {'':7} {'':9} {'':7} {'':6} {profile:7.2f}   (loss profile, once)")
         print(f"{'all':>6} {'':7} {'':9} {'':7} {'':6} {totals:7.1f}")
 
 

@@ -147,3 +147,12 @@ def test_literature_rows_include_the_recommended_merge():
     nll, vlb, fid = records(WITHIN_5_PERCENT)
     fid.loc[fid["eta_label"] == "edm", "fid"] = 1.0
     assert len(literature.measured_from_records("cifar10", nll, vlb, fid, fid_budget=0.05)) == 4
+
+
+@pytest.mark.parametrize("auto_vlb, holds", [(2.70, True), (2.70 + 0.013, True), (2.70 + 0.016, False)])
+def test_the_auto_merge_is_claimed_no_worse_than_the_best_grid_eta_within_one_run_std(auto_vlb, holds):
+    """The best grid eta's VLB is 2.70 with a run std of 0.02 / sqrt(2) = 0.0141."""
+    table = claims(results_frame(*records({**PAPER_LIKE, "auto": (0.3, 2.60, auto_vlb, 2.15, 3.2)})))
+    row = table[table["claim"].str.startswith("auto (the VLB-optimal merge")]
+    assert len(row) == 1 and bool(row["holds"].iloc[0]) == holds, table
+    assert len(claims(results_frame(*records(PAPER_LIKE)))) == 7  # no auto row, no auto claim

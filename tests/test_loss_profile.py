@@ -112,7 +112,18 @@ def test_grid_ends_and_crossings():
 
 def test_records_drop_unmeasured_gammas():
     loss = torch.tensor([[1.0, math.nan], [3.0, math.nan]], dtype=torch.float64)
-    assert profile_records([0.0, 1.0], loss) == [{"gamma": 0.0, "loss": 2.0, "standard_error": 1.0, "images": 2}]
+    (record,) = profile_records([0.0, 1.0], loss)
+    assert {key: record[key] for key in ("gamma", "loss", "standard_error", "images")} == {
+        "gamma": 0.0, "loss": 2.0, "standard_error": 1.0, "images": 2}
+    assert math.isnan(record["difference"]) and math.isnan(record["difference_standard_error"])  # nothing paired
+
+
+def test_the_paired_difference_is_the_mean_and_standard_error_of_per_image_differences():
+    quality = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 1.0]], dtype=torch.float64)
+    likelihood = torch.tensor([[0.5, math.nan], [2.0, math.nan], [5.5, math.nan]], dtype=torch.float64)  # out of range at 1
+    records = profile_records([0.0, 1.0], quality, (quality, likelihood))
+    assert [r["difference"] for r in records] == pytest.approx([(0.5 + 1.0 - 0.5) / 3, math.nan], nan_ok=True)
+    assert records[0]["difference_standard_error"] == pytest.approx(np.std([0.5, 1.0, -0.5], ddof=1) / math.sqrt(3))
 
 
 def test_a_correlated_gaussian_gives_its_eigenvalue_formula():

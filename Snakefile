@@ -17,7 +17,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 wildcard_constraints:
     experiment="|".join(config["experiments"]),
-    sampler="|".join(SAMPLERS),
+    sampler=r"ode|ancestral|heun\d+",
     shard=r"\d+",
     runs=r"run\d+|runs\d+-\d+",  # a VLB job: one run, or runs first..last
     expert=r"[a-z][a-z0-9_-]*",

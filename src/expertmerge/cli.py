@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
                      help="ode: how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
     sub.add_argument("--clip-denoised", action="store_true", help="ancestral: clip D to [-1, 1] (VDM's clip_samples)")
+    sub.add_argument("--schedule", choices=["inserted", "split"], default="inserted",
+                     help="heun: a merge's switch added to EDM's levels (inserted), or taking one level's place (split)")
     sub.add_argument("--batch-size", type=int, default=500)
     _features(sub)
 
@@ -258,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--recommend-fid-budget", type=float, default=0.05, metavar="DELTA",
                      help="mark the ODE FID limit (1 + DELTA) x the quality expert's and the merge with the best "
                           "ODE NLL within it")
+
+    sub = command("figure-fid-vs-nfe", commands.cmd_figure_fid_vs_nfe,
+                  "FID against NFE: Heun at each step count, the adaptive ODE as a marker, per eta", "figure .png path")
+    sub.add_argument("--fid", nargs="+", required=True, help="FID .json files of every sampler")
+    sub.add_argument("--etas", nargs="+", required=True, help="the eta labels to draw")
+    sub.add_argument("--title", default=None)
 
     sub = command("figure-predicted-vlb", profile_commands.cmd_figure_predicted_vlb,
                   "the VLB predicted from L(gamma) against the measured VLB, per eta", "figure .png path")

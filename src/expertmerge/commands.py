@@ -137,8 +137,9 @@ def cmd_sample(args):
     sampler, options = {
         "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm}),
         "ancestral": (sample_ancestral, {"steps": args.steps, "clip_denoised": args.clip_denoised}),
-        "heun": (sample_heun, {"steps": args.steps}),
+        "heun": (sample_heun, {"steps": args.steps, "schedule": args.schedule}),
     }[args.sampler]
+    name = f"heun{args.steps}" if args.sampler == "heun" else args.sampler  # Heun's results are per step count
     seeds, images, nfe = list(args.seeds), [], []
     progress = Progress(len(seeds), f"{args.sampler} samples at eta={args.eta}")
     for start in range(0, len(seeds), args.batch_size):  # image i uses seed i: batching changes nothing
@@ -150,7 +151,7 @@ def cmd_sample(args):
     images, nfe = np.concatenate(images), np.concatenate(nfe)
     feats = load_feature_network(args.features_kind, args.features, device, args.features_checksum)(images)
     save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats.astype(np.float32),
-                      record={**choice.record(), "sampler": args.sampler, **options, "batch_size": args.batch_size})
+                      record={**choice.record(), "sampler": name, **options, "batch_size": args.batch_size})
     log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
 
 
@@ -164,7 +165,7 @@ def cmd_fid(args):
     feats = np.concatenate([shard["features"] for shard in shards])
     nfe = np.concatenate([shard["nfe"] for shard in shards])
     scores = fid_with_spread(load_statistics(args.reference), feats, args.seed_groups)
-    record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol", "steps")}
+    record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol")}
     result = {**record, "fid": scores["fid"], "fid_spread": scores["std"],
               "seed_groups": args.seed_groups, "nfe_mean": float(nfe.mean()), "num_samples": len(feats)}
     write_json(args.out, [result])
@@ -289,19 +290,23 @@ def cmd_summary(args):
     from . import summary, tables
     from .files import write_text
 
-    frame = summary.results_frame(*(tables.load_records(*paths) for paths in (args.nll, args.vlb, args.fid)))
+    nll, vlb, fid = (tables.load_records(*paths) for paths in (args.nll, args.vlb, args.fid))
+    frame = summary.results_frame(nll, vlb, fid)
     claims = summary.claims(frame, args.fid_budget)
     recommendation = summary.recommended_eta(frame, args.recommend_fid_budget)
     text = ("Results per switch level (NLL ± s.e. over test images, FID ± seed-group spread, VLB ± std over runs)"
             "\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims)
             + "\nRecommended η\n\n" + summary.recommendation_markdown(recommendation))
+    if fid["sampler"].str.fullmatch(r"heun\d+").any():
+        text += ("\nFew-step sampling: EDM's Heun sampler against the adaptive ODE (FID, NFE per image; the goal: "
+                 "within 5% of the ODE's FID at ≤ ¼ of its NFE)\n\n" + summary.few_step_markdown(summary.few_step_frame(fid)))
     if all(f"vlb_{term}" in frame.columns for term in summary.VLB_TERMS):
         text += "\nThe VLB by term (Eq. 6; bits/dim, mean over runs)\n\n" + summary.vlb_terms_markdown(frame)
     if args.profile:
-        text += ("\nDenoising loss per dimension L(γ) on the validation images (the VLB integrand, Eq. 7)\n\n"
+        text += ("\nDenoising loss per dimension L(γ) on the selection images (the VLB integrand, Eq. 7)\n\n"
                  + summary.profile_markdown(pd.read_csv(args.profile)))
     if args.predicted:
-        text += ("\nThe VLB predicted from the experts' L(γ) on the validation images (Eq. 6–7, no further network "
+        text += ("\nThe VLB predicted from the experts' L(γ) on the selection images (Eq. 6–7, no further network "
                  "evaluation) beside the one measured on the test images\n\n"
                  + summary.predicted_markdown(frame, tables.load_records(args.predicted)))
     out = Path(args.out)
@@ -330,3 +335,9 @@ def cmd_figure_grid(args):
         figures.fixed_noise_grid(panels, columns, args.out, row_labels=[f"seed {seed}" for seed in seeds])
     else:
         figures.sample_grids(panels, columns, args.out, title=args.title)
+
+
+def cmd_figure_fid_vs_nfe(args):
+    from . import figures, tables
+
+    figures.fid_vs_nfe_figure(tables.load_records(*args.fid), args.out, etas=args.etas, title=args.title)

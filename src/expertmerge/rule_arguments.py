@@ -14,8 +14,8 @@ import json
 import shlex
 
 from .downloads import UNPINNED
-from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, numeric_etas,
-                       runs_of_vlb_job, shard_ranges)
+from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, heun_steps,
+                       numeric_etas, runs_of_vlb_job, shard_ranges)
 
 LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
 
@@ -143,11 +143,14 @@ def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str
     sampling = config["experiments"][experiment]["sampling"]
     start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(shard)]
     ode, ancestral = sampling["ode"], sampling["ancestral"]
-    solver = (options(rtol=ode["rtol"], atol=ode["atol"], error_norm=ode.get("error_norm", "batch-rms"))
-              if sampler == "ode" else options(steps=ancestral["steps"]))
-    if sampler == "ancestral" and ancestral.get("clip_denoised", True):
-        solver += " --clip-denoised"
-    return " ".join([expert_pair(config, experiment), eta_options(experiment, eta, sampler=sampler), solver,
+    if sampler == "ode":
+        solver = options(sampler=sampler, rtol=ode["rtol"], atol=ode["atol"], error_norm=ode.get("error_norm", "batch-rms"))
+    elif sampler == "ancestral":
+        solver = options(sampler=sampler, steps=ancestral["steps"])
+        solver += " --clip-denoised" if ancestral.get("clip_denoised", True) else ""
+    else:  # heun<steps>
+        solver = options(sampler="heun", steps=heun_steps(sampler), schedule=sampling["heun"].get("schedule", "split"))
+    return " ".join([expert_pair(config, experiment), eta_options(experiment, eta), solver,
                      options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"]),
                      feature_network(config, experiment)])
 
@@ -183,6 +186,11 @@ def loss_profile_shard_arguments(config: dict, experiment: str, shard, splits: s
 def figure_loss_profile_arguments(config: dict, experiment: str) -> str:
     """The switch levels the figure marks (its --profile and --switches are the rule's inputs)."""
     return options(etas=numeric_etas(config["experiments"][experiment]))
+
+
+def figure_fid_vs_nfe_arguments(config: dict, experiment: str) -> str:
+    """The etas the FID-against-NFE figure draws (its --fid files are the rule's inputs)."""
+    return options(etas=[str(eta) for eta in config["experiments"][experiment]["figures"]["fid_vs_nfe"]])
 
 
 def figure_fixed_noise_arguments(config: dict, experiment: str) -> str:

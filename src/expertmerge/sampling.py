@@ -123,17 +123,42 @@ def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, 
     return _in_batches(batch, expert, seeds, shape, batch_size, device)
 
 
-def heun_noise_levels(expert, steps: int = 18, rho: float = 7.0) -> list[float]:
-    """EDM's time steps (Eq. 5 of Karras et al.) on the expert's range, its switch levels inserted, then 0."""
+HEUN_SCHEDULES = ("inserted", "split")
+
+
+def _rho_levels(s_from: float, s_to: float, count: int, rho: float) -> list[float]:
+    """`count` + 1 levels from s_from to s_to, equally spaced in s^(1/rho) (EDM's Eq. 5), both ends included."""
+    a, b = s_from ** (1 / rho), s_to ** (1 / rho)
+    return [(a + i / count * (b - a)) ** rho for i in range(count + 1)]
+
+
+def heun_noise_levels(expert, steps: int = 18, rho: float = 7.0, schedule: str = "inserted") -> list[float]:
+    """EDM's time steps (Eq. 5 of Karras et al.) on the expert's range, then 0; a merged expert's switch
+    levels become step boundaries, so that no step straddles two experts. `schedule` says how:
+    "inserted" adds each switch to EDM's `steps` levels (2 more NFE per switch); "split" keeps `steps`
+    levels (the single expert's 2 steps - 1 NFE): the switch takes the place of the level nearest to it
+    in EDM's spacing, and each side of it is spaced as EDM's schedule between its own ends (with fewer
+    interior levels than switches, they are inserted)."""
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
-    gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
-    s_min, s_max = gamma_to_noise_level(gamma_min), gamma_to_noise_level(gamma_max)
-    gammas = [2 * rho * math.log(s_max ** (1 / rho) + i / (steps - 1) * (s_min ** (1 / rho) - s_max ** (1 / rho)))
-              for i in range(steps)]
-    switches = [lo for lo, _, _ in pieces(expert)[1:]]
-    gammas = sorted(set(gammas) | {g for g in switches if all(abs(g - h) > 1e-9 for h in gammas)}, reverse=True)
-    return [gamma_to_noise_level(g) for g in gammas] + [0.0]
+    if schedule not in HEUN_SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(HEUN_SCHEDULES)}, got {schedule!r}")
+    s_min, s_max = gamma_to_noise_level(float(expert.gamma_min)), gamma_to_noise_level(float(expert.gamma_max))
+    levels = _rho_levels(s_max, s_min, steps - 1, rho)
+    switches = sorted((gamma_to_noise_level(lo) for lo, _, _ in pieces(expert)[1:]), reverse=True)
+    if schedule == "inserted" or not switches or steps < 3:  # "split" needs an interior level to move
+        return sorted(set(levels) | set(switches), reverse=True) + [0.0]
+    # where each switch falls in EDM's spacing (0 at s_max, steps - 1 at s_min), rounded to an interior level
+    position = [(s ** (1 / rho) - s_max ** (1 / rho)) / (s_min ** (1 / rho) - s_max ** (1 / rho)) * (steps - 1)
+                for s in switches]
+    anchors = [min(max(round(p), 1), steps - 2) for p in position]
+    if len(set(anchors)) < len(anchors) or anchors != sorted(anchors):  # more switches than levels: insert them
+        return sorted(set(levels) | set(switches), reverse=True) + [0.0]
+    ends = [(0, s_max), *zip(anchors, switches), (steps - 1, s_min)]
+    split = [s_max]
+    for (i, a), (j, b) in zip(ends[:-1], ends[1:]):
+        split += _rho_levels(a, b, j - i, rho)[1:]
+    return split + [0.0]
 
 
 def _step_expert(expert, gamma_from: float):
@@ -144,14 +169,16 @@ def _step_expert(expert, gamma_from: float):
     return pieces(expert)[0][2]
 
 
-def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, noise_levels=None,
-                batch_size: int = 64, device=None) -> SampleRecord:
+def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, schedule: str = "inserted",
+                noise_levels=None, batch_size: int = 64, device=None) -> SampleRecord:
     """EDM Algorithm 1 (deterministic Heun, rho = 7); no step straddles two experts. As NVlabs' `edm_sampler`,
     it starts from x = s_max n (not the VP prior's sqrt(1 + s_max^2) n) and keeps its state in float64.
 
-    `noise_levels` (decreasing, ending in 0) overrides the schedule `heun_noise_levels(expert, steps, rho)`.
+    `noise_levels` (decreasing, ending in 0) overrides the schedule `heun_noise_levels(expert, steps, rho,
+    schedule)`.
     """
-    levels = heun_noise_levels(expert, steps, rho) if noise_levels is None else [float(s) for s in noise_levels]
+    levels = (heun_noise_levels(expert, steps, rho, schedule) if noise_levels is None
+              else [float(s) for s in noise_levels])
     if len(levels) < 2 or levels[-1] != 0 or any(b >= a for a, b in zip(levels[:-1], levels[1:])):
         raise ValueError("noise_levels must decrease strictly and end in 0")
 

@@ -232,3 +232,45 @@ def profile_markdown(profile: pd.DataFrame, step: float = 2.0) -> str:
     found = crossings(wide.index, wide["quality"], wide["likelihood"])
     where = ", ".join(f"γ = {g:.2f} (η = {(g - gamma_0) / (gamma_1 - gamma_0):.3f})" for g, _ in found)
     return "\n".join(lines) + f"\n\nThe curves cross at {where or 'no measured gamma'}.\n"
+
+
+FEW_STEP_GOAL = (0.05, 0.25)  # issue 14: within 5% of the adaptive ODE's FID at <= 1/4 of its NFE
+
+
+def few_step_frame(fid) -> pd.DataFrame:
+    """Per eta (in eta order): the adaptive ODE's FID and NFE, and for Heun's largest step count its FID and
+    NFE and their ratios to the ODE's; `fewest_nfe` is the fewest Heun NFE whose FID is within 5% of the
+    ODE's (NaN if none), and `goal` whether that is at most a quarter of the ODE's NFE."""
+    records = check_records(fid, ("sampler", "fid", "nfe_mean"))
+    heun = records[records["sampler"].str.fullmatch(r"heun\d+")]
+    if heun.empty:
+        raise ValueError("no Heun FID records (sampler heun<steps>)")
+    ode = records[records["sampler"] == "ode"].set_index("eta_label")
+    rows = []
+    for label, runs in heun.groupby("eta_label", sort=False):
+        runs = runs.sort_values("nfe_mean")
+        last, reference = runs.iloc[-1], ode.loc[label]
+        within = runs[runs["fid"] <= (1 + FEW_STEP_GOAL[0]) * reference["fid"]]
+        fewest = float(within["nfe_mean"].min()) if len(within) else np.nan
+        rows.append({"eta_label": label, "eta": float(reference["eta"]), "fid_ode": reference["fid"],
+                     "nfe_ode": reference["nfe_mean"], **{f"fid_{r.sampler}": r.fid for r in runs.itertuples()},
+                     **{f"nfe_{r.sampler}": r.nfe_mean for r in runs.itertuples()},
+                     "fid_ratio": last["fid"] / reference["fid"], "nfe_ratio": last["nfe_mean"] / reference["nfe_mean"],
+                     "fewest_nfe": fewest, "goal": bool(fewest <= FEW_STEP_GOAL[1] * reference["nfe_mean"])})
+    return pd.DataFrame(rows).sort_values("eta", kind="stable").reset_index(drop=True)
+
+
+def few_step_markdown(frame: pd.DataFrame) -> str:
+    """`few_step_frame` as Markdown: FID (NFE) per sampler, the ratios at Heun's largest step count, the goal."""
+    heun = sorted({c[4:] for c in frame.columns if c.startswith("fid_heun")}, key=lambda s: int(s[4:]))
+    last = heun[-1]
+    head = ["η", "ODE FID (NFE)", *(f"Heun {s[4:]} FID (NFE)" for s in heun),
+            f"FID ratio Heun {last[4:]} / ODE", "NFE ratio", "fewest NFE within 5%", "≤ ¼ of the ODE's NFE"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for row in frame.to_dict("records"):
+        cells = [short_label(row["eta_label"]), f"{row['fid_ode']:.1f} ({row['nfe_ode']:.0f})",
+                 *(f"{row[f'fid_{s}']:.1f} ({row[f'nfe_{s}']:.0f})" for s in heun),
+                 f"{row['fid_ratio']:.3f}", f"{row['nfe_ratio']:.3f}",
+                 "none" if np.isnan(row["fewest_nfe"]) else f"{row['fewest_nfe']:.0f}", "yes" if row["goal"] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ A record is one row (dict / DataFrame row / CSV or JSON row) with these columns:
   gamma_min, gamma_max  float, optional: a baseline's native gamma range, shown in its label.
   Table 1:   bpd_mean, bpd_sem (standard error across test images), nfe_mean   (ODE likelihood);
              or per-image `bpd`, `nfe` rows, which are reduced with `nll_summary`
-  Table 2:   sampler ("ode", "ancestral", ...), fid, nfe_mean; optional fid_spread (std across seed groups)
+  Table 2:   sampler ("ode", "ancestral", "heun18" = Heun at 18 steps, ...), fid, nfe_mean; optional fid_spread
+             (std across seed groups)
   Table 4:   vlb_mean, vlb_std (over runs); or per-run `vlb` rows, which are reduced with `vlb_summary`
 Rows come out in eta order. Numbers stay numeric in the CSV; the .md and .tex files show "mean ± error".
 """
@@ -25,6 +26,12 @@ from .files import write_text
 
 KEYS = ("eta_label", "eta")
 SAMPLER_NAMES = {"ode": "ODE", "ancestral": "ancestral", "heun": "Heun"}  # display names; others shown as given
+
+
+def sampler_title(sampler: str) -> str:
+    """A sampler's display name: "ODE", "ancestral", "Heun 18" for Heun at 18 steps ("heun18")."""
+    steps = sampler[4:] if sampler.startswith("heun") else ""
+    return f"Heun {steps}" if steps.isdigit() else SAMPLER_NAMES.get(sampler, sampler)
 
 
 def load_records(*paths) -> pd.DataFrame:
@@ -151,7 +158,7 @@ def table2(records) -> pd.DataFrame:
     parts, decimals, errors = [], {}, {}
     for sampler in df["sampler"].unique():
         part = _in_eta_order(df[df["sampler"] == sampler])
-        name = SAMPLER_NAMES.get(sampler, sampler)
+        name = sampler_title(sampler)
         names = {"fid": f"FID ({name})", "fid_spread": f"FID spread ({name})", "nfe_mean": f"NFE ({name})",
                  "batch_size": f"NFE batch ({name})"}
         present = [c for c in names if c in part.columns and part[c].notna().any()]
@@ -218,7 +225,7 @@ def paper_table(number: int, records: dict) -> pd.DataFrame:
             frame = check_records(frame, ("sampler", "fid", "nfe_mean"))
             shown = {"fid": "FID", "nfe_mean": "NFE", "batch_size": "NFE batch"}
             pieces = [_by_eta(frame[frame["sampler"] == sampler],
-                              {key: f"{name} ({SAMPLER_NAMES.get(sampler, sampler)})" for key, name in shown.items()
+                              {key: f"{name} ({sampler_title(sampler)})" for key, name in shown.items()
                                if key in frame.columns})
                       for sampler in frame["sampler"].unique()]
             parts[name] = pd.concat(pieces, axis=1)

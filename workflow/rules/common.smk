@@ -4,13 +4,14 @@ import re
 
 from expertmerge import rule_arguments
 from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, check_config, eta_labels, expert_names, expert_stem,
-                                  has_analysis, shard_ranges, unpinned_downloads, vlb_job_name, vlb_job_runs)
+                                  has_analysis, sampler_names, shard_ranges, unpinned_downloads, vlb_job_name,
+                                  vlb_job_runs)
 
 check_config(config)
 for unpinned in unpinned_downloads(config):
     logger.warning(f"downloads: {unpinned} is not pinned by a checksum in config.yaml; its fetch log gives its SHA-256")
 
-SAMPLERS = ["ode", "ancestral"]
+SAMPLERS = ["ode", "ancestral"]  # the paper's: Fig. 2, the sample grids and the summary's main table
 DOWNLOAD_DIR = config["download_dir"]
 DOWNLOAD_NAMES = "|".join(map(re.escape, config["downloads"])) or "(?!)"  # (?!) matches nothing
 
@@ -117,6 +118,8 @@ def experiment_targets(name):
     diagnostics = loss_profile_csv(name) + ([auto_switch_path(name)] if loss_profile_csv(name) else [])
     if diagnostics:
         names += ["loss_profile", "predicted_vlb"]
+    if "fid_vs_nfe" in config["experiments"][name]["figures"]:
+        names.append("fid_vs_nfe")
     figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
     summary = [f"{base}/tables/summary.md", f"{base}/tables/summary.csv"]
     return tables + summary + figures + diagnostics
@@ -137,6 +140,12 @@ def per_eta(pattern, **extra):
         return expand(pattern, experiment=wildcards.experiment, eta=eta_labels(experiment(wildcards)), **extra)
 
     return files
+
+
+def fid_files(wildcards):
+    """Every FID of an experiment: each of its samplers (Heun at each step count too) at each eta."""
+    return expand("results/{experiment}/fid/{sampler}/{eta}.json", experiment=wildcards.experiment,
+                  sampler=sampler_names(experiment(wildcards)), eta=eta_labels(experiment(wildcards)))
 
 
 def nll_files(wildcards):
@@ -183,7 +192,7 @@ def result_files(kind, name):
     """One experiment's result files of a kind: "1" (NLL shards), "2" (FID per sampler) or "4" (VLB runs)."""
     spec = config["experiments"][name]
     return expand(PAPER_TABLE_RESULTS[kind], experiment=name, eta=eta_labels(spec), shard=nll_shards(name),
-                  sampler=SAMPLERS, runs=vlb_jobs(name))
+                  sampler=sampler_names(spec), runs=vlb_jobs(name))
 
 
 def paper_table_files(wildcards):

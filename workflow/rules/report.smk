@@ -20,7 +20,7 @@ rule table1:
 
 rule table2:
     input:
-        per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
+        fid_files,
     output:
         csv=report("results/{experiment}/tables/table2.csv", caption="../report/table2.rst", category="Tables",
                    subcategory="{experiment}"),
@@ -77,7 +77,7 @@ rule summary:
     input:
         nll=nll_files,
         vlb=vlb_files,
-        fid=per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
+        fid=fid_files,
         profile=loss_profile_files,
         predicted=predicted_vlb_files,
     output:
@@ -129,3 +129,20 @@ rule figure_samples:
         "results/{experiment}/logs/figure_samples/{sampler}.log",
     shell:
         "expertmerge figure-grid {params.arguments} --shards {input} --out {output.png} > {log} 2>&1"
+
+
+rule figure_fid_vs_nfe:
+    input:
+        fid_files,
+    output:
+        png=report("results/{experiment}/figures/fid_vs_nfe.png", caption="../report/fid_vs_nfe.rst",
+                   category="Figures", subcategory="{experiment}"),
+        pdf="results/{experiment}/figures/fid_vs_nfe.pdf",
+    params:
+        arguments=lambda w: rule_arguments.figure_fid_vs_nfe_arguments(config, w.experiment),
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        "results/{experiment}/logs/figure_fid_vs_nfe.log",
+    shell:
+        "expertmerge figure-fid-vs-nfe --fid {input} {params.arguments} --out {output.png} > {log} 2>&1"

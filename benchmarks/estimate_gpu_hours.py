@@ -8,6 +8,7 @@ the CPU, batch 1). Taken from the paper: the NFE of each eta (Tables 1 and 2; an
 TFLOP/s, roughly an A100 in TF32; measure yours and pass it). Work per eta:
   ODE sampling       num_samples x NFE_ode forwards
   ancestral sampling num_samples x 256 forwards
+  Heun sampling      num_samples x (2 steps - 1) forwards per step count (5, 9, 18: 61 in all)
   ODE NLL            NLL images x NFE_nll x 3 (one forward and one vector-Jacobian product per step)
   VLB                runs x test images x 1 forward
   eta auto           as the merged eta with the most NFE (its switches are chosen by the run itself)
@@ -34,6 +35,7 @@ EXPERTS = {"CIFAR-10": ("ddpmpp-cifar10", "vdm-cifar10"), "ImageNet32": ("ddpmpp
 WORK = {"CIFAR-10": dict(samples=50_000, nll_images=10_000, vlb_images=10_000, runs=10),
         "ImageNet32": dict(samples=50_000, nll_images=49_999, vlb_images=49_999, runs=10)}  # all, as the paper
 ANCESTRAL_STEPS = 256
+HEUN_NFE = sum(2 * steps - 1 for steps in (5, 9, 18))  # config.yaml's sampling.heun, the split schedule
 PROFILE = dict(images=10_000, points=91)  # config.yaml's loss_profile: 10k training images, 89 points + range ends
 
 
@@ -59,7 +61,7 @@ def main():
     for dataset, nfe in PAPER_NFE.items():
         edm, vdm = (flops[name] for name in EXPERTS[dataset])
         work = WORK[dataset]
-        print(f"\n{dataset}\n{'eta':>6} {'ODE':>7} {'ancestral':>9} {'NLL':>7} {'VLB':>6} {'total':>7}")
+        print(f"\n{dataset}\n{'eta':>6} {'ODE':>7} {'ancestral':>9} {'Heun':>6} {'NLL':>7} {'VLB':>6} {'total':>7}")
         totals = 0.0
         merged = range(1, len(ETAS) - 1)
         auto = {kind: max(nfe[kind][i] for i in merged) for kind in ("ode", "nll")}  # an upper bound for eta auto
@@ -69,18 +71,20 @@ def main():
             hours = {
                 "ode": work["samples"] * nfe_ode * cost,
                 "ancestral": work["samples"] * ANCESTRAL_STEPS * cost,
+                "heun": work["samples"] * HEUN_NFE * cost,
                 "nll": work["nll_images"] * nfe_nll * 3 * cost,
                 "vlb": work["runs"] * work["vlb_images"] * cost,
             }
             hours = {key: value * seconds_per_flop / 3600 for key, value in hours.items()}
             total = sum(hours.values())
             totals += total
-            print(f"{eta:>6} {hours['ode']:7.2f} {hours['ancestral']:9.2f} {hours['nll']:7.2f} {hours['vlb']:6.2f} "
+            print(f"{eta:>6} {hours['ode']:7.2f} {hours['ancestral']:9.2f} {hours['heun']:6.2f} {hours['nll']:7.2f} "
+                  f"{hours['vlb']:6.2f} "
                   f"{total:7.2f}")
         profile = PROFILE["images"] * PROFILE["points"] * (edm + vdm) * seconds_per_flop / 3600
         totals += profile
-        print(f"{'L(γ)':>6} {'':7} {'':9} {'':7} {'':6} {profile:7.2f}   (loss profile, once)")
-        print(f"{'all':>6} {'':7} {'':9} {'':7} {'':6} {totals:7.1f}")
+        print(f"{'L(γ)':>6} {'':7} {'':9} {'':6} {'':7} {'':6} {profile:7.2f}   (loss profile, once)")
+        print(f"{'all':>6} {'':7} {'':9} {'':6} {'':7} {'':6} {totals:7.1f}")
 
 
 if __name__ == "__main__":

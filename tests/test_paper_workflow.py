@@ -192,11 +192,12 @@ def test_bad_paper_config_is_refused_when_planning(tmp_path, change, message):
 PAPER_JOBS = {
     "fetch": 5,                 # CIFAR-10, two ImageNet32 tars, the EDM pickle, the Inception weights
     "dataset": 2, "import_expert": 1, "train_recipe": 3, "reference_statistics": 2,
-    "sample_shard": 520,        # 2 data sets x 2 samplers x 13 etas (the paper's 12 and auto) x 10 shards of 5000
+    "sample_shard": 1300,       # 2 data sets x 5 samplers (ODE, ancestral, Heun 5/9/18) x 13 etas (the paper's 12
+                                # and auto) x 10 shards of 5000
     "nll_shard": 780,           # 13 etas x (CIFAR-10: 10, ImageNet32: 50) shards of 1000 test images
     "vlb_run": 260,             # 2 x 13 etas x 10 runs
-    "fid": 52, "table1": 2, "table2": 2, "table4": 2, "summary": 2,
-    "figure_tradeoff": 2, "figure_fixed_noise": 2, "figure_samples": 4,
+    "fid": 130, "table1": 2, "table2": 2, "table4": 2, "summary": 2,
+    "figure_tradeoff": 2, "figure_fixed_noise": 2, "figure_samples": 4, "figure_fid_vs_nfe": 2,
     "paper_table": 3, "literature_table": 2, "paper": 1,
     "loss_profile_shard": 20,   # eta auto's input: 2 x 10 shards of the 10,000 selection images (train)
     "loss_profile": 2, "auto_switch": 2, "predict_vlb": 2, "figure_loss_profile": 2, "figure_predicted_vlb": 2,
@@ -258,8 +259,8 @@ def test_changing_one_eta_replans_only_that_eta_and_the_aggregates(tmp_path):
     new = [after[output][0] for output in after.keys() - before.keys()]
     gone = [before[output][0] for output in before.keys() - after.keys()]
     changed = sorted(after[output][0] for output in after.keys() & before.keys() if after[output] != before[output])
-    assert sorted(new) == sorted(gone) == sorted(["sample_shard"] * 20 + ["nll_shard"] * 10 + ["vlb_run"] * 10
-                                                 + ["fid"] * 2)
+    assert sorted(new) == sorted(gone) == sorted(["sample_shard"] * 50 + ["nll_shard"] * 10 + ["vlb_run"] * 10
+                                                 + ["fid"] * 5)
     assert all("/0.35/" in output or "/0.35." in output for output in after.keys() - before.keys())
     # jobs whose inputs are the new eta's results: CIFAR-10's tables and figures, the paper tables; and the ones
     # that name every eta: the predicted VLB, its figure, the loss-profile figure's eta marks (not the profile)

@@ -25,11 +25,11 @@ def reduced_config():
     digits["fid"]["classifier"].update(steps=60)
     digits["etas"] = ["edm", "eta_min", 0.5, "eta_max", "auto", "vdm"]
     digits["sampling"].update(num_samples=48, shard_size=24, batch_size=24, ode={"rtol": 1e-3, "atol": 1e-3},
-                              ancestral={"steps": 16})
+                              ancestral={"steps": 16}, heun={"steps": [4], "schedule": "split"})
     digits["nll"].update(rtol=1e-3, atol=1e-3, shards=2, batch_size=200)
     digits["vlb"].update(runs=2, runs_per_job=1)  # one job per run; grouped: test_grouped_vlb_runs_give_the_same_table
     digits["loss_profile"].update(points=23, batch_size=90, shards=2)
-    digits["figures"].update(fixed_noise_rows=2, grid_samples=16)
+    digits["figures"].update(fixed_noise_rows=2, grid_samples=16, fid_vs_nfe=["edm", "eta_min", "vdm"])
     return config
 
 
@@ -63,20 +63,24 @@ def finished_run(tmp_path_factory):
 
 def test_tables_have_one_finite_row_per_eta(finished_run):
     tables = finished_run / "results" / "digits" / "tables"
-    for number, columns in ((1, ["NLL (bpd)", "NFE"]), (2, ["FID (ODE)", "FID (ancestral)"]), (4, ["VLB mean (bpd)"])):
+    heun = ["FID (Heun 4)", "NFE (Heun 4)"]
+    for number, columns in ((1, ["NLL (bpd)", "NFE"]), (2, ["FID (ODE)", "FID (ancestral)", *heun]), (4, ["VLB mean (bpd)"])):
         table = pd.read_csv(tables / f"table{number}.csv")
         assert len(table) == 6, table
+        if number == 2:  # the split schedule: merges spend a single expert's 2 steps - 1 NFE
+            assert (table["NFE (Heun 4)"] == 7).all(), table
         for column in columns:
             assert np.isfinite(table[column]).all(), table
         assert (tables / f"table{number}.md").stat().st_size > 0 and (tables / f"table{number}.tex").stat().st_size > 0
     summary = (tables / "summary.md").read_text().split("\n\n")
     rows = [len(chunk.strip().splitlines()) for chunk in summary if chunk.startswith("|")]  # lines per table
     # header, separator and a row per eta / claim / (the recommendation's candidates, if any merge is within the
-    # FID budget) / eta / expert / eta (the VLB predicted from the loss profile)
-    assert rows[:2] == [2 + 6, 2 + 8] and rows[-3:] == [2 + 6, 2 + 2, 2 + 6] and len(rows) in (5, 6), summary
+    # FID budget) / eta (few-step sampling) / eta / expert / eta (the VLB predicted from the loss profile)
+    assert rows[:2] == [2 + 6, 2 + 8] and rows[-4:] == [2 + 6, 2 + 6, 2 + 2, 2 + 6] and len(rows) in (6, 7), summary
     assert "Recommended" in "".join(summary)
     assert len(pd.read_csv(tables / "summary.csv")) == 8  # the paper's 7 claims and auto's
-    for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile", "predicted_vlb"):
+    for name in ("tradeoff", "fixed_noise", "samples_ode", "samples_ancestral", "loss_profile", "predicted_vlb",
+                 "fid_vs_nfe"):
         assert (finished_run / "results" / "digits" / "figures" / f"{name}.png").stat().st_size > 0
 
 
@@ -105,8 +109,8 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     config["experiments"]["digits"]["etas"][2] = 0.6  # one eta changed: its jobs and the aggregates
     write_config(workdir, config)
     jobs = planned_jobs(workdir)
-    assert jobs == {"sample_shard": 4, "fid": 2, "nll_shard": 2, "vlb_run": 2, "table1": 1, "table2": 1, "table4": 1,
-                    "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2,
+    assert jobs == {"sample_shard": 6, "fid": 3, "nll_shard": 2, "vlb_run": 2, "table1": 1, "table2": 1, "table4": 1,
+                    "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2, "figure_fid_vs_nfe": 1,
                     "figure_loss_profile": 1, "predict_vlb": 1, "figure_predicted_vlb": 1, "summary": 1,
                     "all": 1}  # the profile does not depend on them
 

@@ -14,7 +14,7 @@ from snakemake.utils import validate
 from expertmerge import rule_arguments
 from expertmerge.cli import build_parser
 from expertmerge.pipeline import (IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, has_analysis,
-                                  numeric_etas, shard_ranges, vlb_job_name, vlb_job_runs)
+                                  numeric_etas, sampler_names, shard_ranges, vlb_job_name, vlb_job_runs)
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = "results/some/data/splits.npz"
@@ -132,6 +132,30 @@ def test_reference_statistics(name):
     args = parse("reference-stats", rule_arguments.reference_statistics_arguments(CONFIG, name, SPLITS))
     assert (args.data, args.split) == (SPLITS, "train")
     assert_features(args, name)
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_heun_sample_shards_one_per_step_count(name):
+    sampling = CONFIG["experiments"][name]["sampling"]
+    names = sampler_names(CONFIG["experiments"][name])
+    assert names == ["ode", "ancestral", *(f"heun{steps}" for steps in sampling["heun"]["steps"])]
+    for sampler, steps in zip(names[2:], sampling["heun"]["steps"]):
+        args = parse("sample", rule_arguments.sample_shard_arguments(CONFIG, name, sampler, "0.5", "0"))
+        assert (args.sampler, args.steps, args.schedule) == ("heun", steps, sampling["heun"]["schedule"])
+        assert_expert_pair(args, name)
+        assert_features(args, name)
+    args = parse("figure-fid-vs-nfe", rule_arguments.figure_fid_vs_nfe_arguments(CONFIG, name), "--fid", "f.json")
+    assert args.etas == [str(eta) for eta in CONFIG["experiments"][name]["figures"]["fid_vs_nfe"]]
+
+
+def test_heun_schedules_agree_between_the_schema_the_cli_and_the_sampler():
+    from expertmerge.sampling import HEUN_SCHEDULES
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    heun = schema["$defs"]["experiment"]["properties"]["sampling"]["properties"]["heun"]["properties"]["schedule"]
+    cli = next(action for action in build_parser()._subparsers._group_actions[0].choices["sample"]._actions
+               if action.dest == "schedule")
+    assert tuple(heun["enum"]) == tuple(cli.choices) == HEUN_SCHEDULES
 
 
 @pytest.mark.parametrize("name", ANALYSED)

@@ -156,3 +156,36 @@ def test_the_auto_merge_is_claimed_no_worse_than_the_best_grid_eta_within_one_ru
     row = table[table["claim"].str.startswith("auto (the VLB-optimal merge")]
     assert len(row) == 1 and bool(row["holds"].iloc[0]) == holds, table
     assert len(claims(results_frame(*records(PAPER_LIKE)))) == 7  # no auto row, no auto claim
+
+
+def heun_records():
+    """ODE and Heun FIDs of a baseline and a merge: the merge meets the goal at 17 NFE, the baseline never."""
+    rows = [("edm", 0.0, "ode", 10.0, 120), ("edm", 0.0, "heun5", 30.0, 9), ("edm", 0.0, "heun9", 12.0, 17),
+            ("edm", 0.0, "heun18", 10.6, 35),
+            ("0.5", 0.5, "ode", 20.0, 200), ("0.5", 0.5, "heun5", 25.0, 9), ("0.5", 0.5, "heun9", 20.9, 17),
+            ("0.5", 0.5, "heun18", 20.2, 35)]
+    return pd.DataFrame([dict(eta_label=label, eta=eta, sampler=sampler, fid=fid, fid_spread=1.0, nfe_mean=nfe)
+                         for label, eta, sampler, fid, nfe in rows])
+
+
+def test_few_step_frame_gives_the_ratios_and_the_goal():
+    from expertmerge.summary import few_step_frame, few_step_markdown
+
+    frame = few_step_frame(heun_records()).set_index("eta_label")
+    assert frame.loc["edm", "fid_ratio"] == pytest.approx(1.06) and frame.loc["edm", "nfe_ratio"] == pytest.approx(35 / 120)
+    assert pd.isna(frame.loc["edm", "fewest_nfe"]) and not frame.loc["edm", "goal"]  # 10.6 > 1.05 x 10
+    assert frame.loc["0.5", "fewest_nfe"] == 17 and frame.loc["0.5", "goal"]          # 20.9 <= 21 at 17 <= 50 NFE
+    text = few_step_markdown(few_step_frame(heun_records()))
+    assert "| EDM | 10.0 (120) | 30.0 (9) | 12.0 (17) | 10.6 (35) | 1.060 | 0.292 | none | no |" in text
+    assert "| 0.5 | 20.0 (200) | 25.0 (9) | 20.9 (17) | 20.2 (35) | 1.010 | 0.175 | 17 | yes |" in text
+    with pytest.raises(ValueError, match="no Heun FID records"):
+        few_step_frame(heun_records().query("sampler == 'ode'"))
+
+
+def test_fid_against_nfe_figure(tmp_path):
+    from expertmerge.figures import fid_vs_nfe_figure
+
+    written = fid_vs_nfe_figure(heun_records(), tmp_path / "fid_vs_nfe", etas=["edm", "0.5"])
+    assert all(path.stat().st_size > 0 for path in written) and {p.suffix for p in written} == {".png", ".pdf"}
+    with pytest.raises(ValueError, match=r"no FID records for eta\(s\) \['0.3'\]"):
+        fid_vs_nfe_figure(heun_records(), tmp_path / "x", etas=["edm", "0.3"])

@@ -27,7 +27,8 @@ def test_block_has_a_row_per_configured_eta_and_every_claim_holds():
     text = block()
     results = text.split("The paper's claims")[0]
     assert results.count("\n| ") == 1 + len(etas)  # a header and one row per eta
-    claims = re.findall(r"^\| (.+) \| (.+) \| (yes|\*\*no\*\*) \|$", text, flags=re.M)
+    section = text.split("The paper's claims")[1].split("Recommended η")[0]
+    claims = re.findall(r"^\| (.+) \| (.+) \| (yes|\*\*no\*\*) \|$", section, flags=re.M)
     assert len(claims) == 8 and all(holds == "yes" for *_, holds in claims), claims  # the paper's 7 and auto's
     assert any(claim.startswith("auto (the VLB-optimal merge") for claim, *_ in claims)
     assert "The curves cross at γ =" in text and "Recommended: " in text
@@ -35,6 +36,9 @@ def test_block_has_a_row_per_configured_eta_and_every_claim_holds():
     predicted = text.split("beside the one measured on the test images")[1]
     differences = [float(d) for d in re.findall(r"^\| .+ \| .+ \| .+ ± .+ \| ([-+]\d+\.\d+) \|$", predicted, flags=re.M)]
     assert len(differences) == len(etas) and all(abs(d) <= 2 for d in differences), differences
+    # issue 14: the few-step table, one row per eta with the ratios at Heun's largest step count
+    few = text.split("Few-step sampling")[1].split("\n\n")[1]
+    assert few.startswith("| η |") and few.count("\n| ") == len(etas), few  # the header, then a row per eta
     assert (REPO / "docs" / "loss_profile.png").stat().st_size > 10_000
 
 

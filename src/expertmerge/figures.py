@@ -198,7 +198,7 @@ def fid_vs_nfe_figure(fid, stem, *, etas: Sequence[str], title=None) -> list[Pat
     for k, label in enumerate(map(str, etas)):
         rows, color = records[records["eta_label"] == label], f"C{k}"
         steps = rows[heun.loc[rows.index]].sort_values("nfe_mean")
-        name = short_label(label) if is_merged(label) else f"{label.upper()} alone"
+        name = f"{label.upper()} alone" if not is_merged(label) else label if label == "auto" else f"η = {short_label(label)}"
         ax.errorbar(steps["nfe_mean"], steps["fid"], yerr=steps.get("fid_spread"), color=color, marker="o",
                     capsize=2, label=f"{name}: Heun")
         for row in rows[rows["sampler"] == "ode"].itertuples():

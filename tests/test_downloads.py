@@ -127,3 +127,29 @@ def test_missing_page_and_missing_local_file(tmp_path, server):
     with pytest.raises(ValueError, match="allowed sources"):
         fetch("ftp://example.org/x", MD5, out / "c.bin")
     assert leftovers(out) == []
+
+
+def test_an_unpinned_file_is_trusted_on_first_use_and_verified_after(tmp_path, source, server):
+    """Unpinned: the first fetch records the file's SHA-256 in checksums.lock beside it; a later fetch or use of
+    a different file is refused until the digest is pinned (or its lock entry deleted)."""
+    from expertmerge.downloads import LOCK_NAME, trusted_checksum
+
+    dest = tmp_path / "out" / "data.bin"
+    fetch(f"{server.url}/data.bin", "unpinned", dest)
+    lock = dest.parent / LOCK_NAME
+    assert lock.exists() and SHA256 in lock.read_text() and leftovers(dest.parent) == ["checksums.lock", "data.bin"]
+    assert trusted_checksum(dest) == SHA256  # a later use verifies it
+    fetch(f"{server.url}/data.bin", "unpinned", dest)  # present and unchanged: fine
+
+    dest.write_bytes(PAYLOAD[:-1])  # the file changes under the same name
+    with pytest.raises(ChecksumError, match="changed since it was first used"):
+        trusted_checksum(dest)
+    with pytest.raises(ChecksumError, match="pin its checksum in config.yaml"):
+        fetch(f"{server.url}/data.bin", "unpinned", dest)  # present but changed: refused, nothing fetched over it
+
+    dest.unlink()
+    source.write_bytes(PAYLOAD[::-1])  # the server now serves another file: refused, and it never lands
+    with pytest.raises(ChecksumError, match="changed since it was first used"):
+        fetch(f"{server.url}/data.bin", "unpinned", dest)
+    assert leftovers(dest.parent) == ["checksums.lock"]
+    fetch(f"{server.url}/data.bin", "sha256:" + hashlib.sha256(PAYLOAD[::-1]).hexdigest(), dest)  # pinned: fine

@@ -267,4 +267,4 @@ def test_changing_one_eta_replans_only_that_eta_and_the_aggregates(tmp_path):
     assert changed == sorted(["figure_fixed_noise", "figure_samples", "figure_samples", "figure_tradeoff",
                               "literature_table", "literature_table", "paper_table", "paper_table", "paper_table",
                               "summary", "table1", "table2", "table4",
-                              "predict_vlb", "figure_predicted_vlb", "figure_loss_profile"])
+                              "predict_vlb", "figure_predicted_vlb", "figure_loss_profile", "figure_fid_vs_nfe"])

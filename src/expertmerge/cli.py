@@ -45,6 +45,27 @@ def json_object(text: str) -> dict:
     return value
 
 
+def positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -71,14 +92,15 @@ def _experts(parser):
 def _selection(parser, whose=""):
     """The images a loss profile is measured on: a split, or a fixed seeded choice of its images."""
     parser.add_argument("--split", default="val", help=f"{whose}split (never the test split for choosing eta)")
-    parser.add_argument("--images", type=int, default=None, help=f"{whose}number of images of the split, chosen by "
+    parser.add_argument("--images", type=positive_int, default=None, help=f"{whose}number of images of the split, chosen by "
                         "--seed (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="selection and noise seed (image j draws from (seed, j))")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="selection and noise seed (image j draws from (seed, j))")
 
 
 def _common(parser, out_help):
     parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
 
 
 def _device(parser):
@@ -103,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("dataset", commands.cmd_dataset, "a data set as train/(val/)test uint8 arrays", "splits .npz")
     sub.add_argument("--source", choices=["sklearn-digits", "cifar10", "imagenet32"], default="sklearn-digits")
-    sub.add_argument("--seed", type=int, default=0, help="sklearn-digits: split seed")
+    sub.add_argument("--seed", type=non_negative_int, default=0, help="sklearn-digits: split seed")
     sub.add_argument("--val-fraction", type=float, default=0.1)
     sub.add_argument("--test-fraction", type=float, default=0.2)
     sub.add_argument("--file", type=key_value, action="append", default=[], metavar="ROLE=PATH",
@@ -122,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--family", choices=family_names(), required=True)
     sub.add_argument("--gamma-min", type=float, required=True)
     sub.add_argument("--gamma-max", type=float, required=True)
-    sub.add_argument("--image-shape", type=int, nargs=3, metavar=("C", "H", "W"))
+    sub.add_argument("--image-shape", type=positive_int, nargs=3, metavar=("C", "H", "W"))
     sub.add_argument("--checksum", help="sha256:<hex> or md5:<hex> of --input, checked first")
     sub.add_argument("--network", type=json_object, default=None, help="JSON of network hyper-parameters to set")
 
@@ -135,12 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data", required=True, help="splits .npz")
     sub.add_argument("--split", default="train")
     sub.add_argument("--workdir", required=True, help="training state for resuming lives here")
-    sub.add_argument("--gpus", type=int, default=1)
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--checkpoint-every", type=int, default=1000)
-    sub.add_argument("--log-every", type=int, default=100)
-    sub.add_argument("--max-steps", type=int, default=None, help="default: the recipe's length")
-    sub.add_argument("--batch-size", type=int, default=None, help="global batch; default: the recipe's")
+    sub.add_argument("--gpus", type=positive_int, default=1)
+    sub.add_argument("--seed", type=non_negative_int, default=0)
+    sub.add_argument("--checkpoint-every", type=positive_int, default=1000)
+    sub.add_argument("--log-every", type=positive_int, default=100)
+    sub.add_argument("--max-steps", type=positive_int, default=None, help="default: the recipe's length")
+    sub.add_argument("--batch-size", type=positive_int, default=None, help="global batch; default: the recipe's")
     sub.add_argument("--network", type=json_object, default=None, help="JSON overriding network hyper-parameters")
 
     sub = command("train-expert", commands.cmd_train_expert, "train a small expert with its family's loss (the demo's)", "checkpoint stem")
@@ -172,19 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seeds", type=seed_range, required=True, help="START:STOP; image i uses seed i")
     sub.add_argument("--rtol", type=positive_float, default=1e-5)
     sub.add_argument("--atol", type=positive_float, default=1e-5)
-    sub.add_argument("--steps", type=int, default=None, help="ancestral: 256, heun: 18 by default")
+    sub.add_argument("--steps", type=positive_int, default=None, help="ancestral: 256, heun: 18 by default")
     sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
                      help="ode: how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
     sub.add_argument("--clip-denoised", action="store_true", help="ancestral: clip D to [-1, 1] (VDM's clip_samples)")
     sub.add_argument("--schedule", choices=["inserted", "split"], default="inserted",
                      help="heun: a merge's switch added to EDM's levels (inserted), or taking one level's place (split)")
-    sub.add_argument("--batch-size", type=int, default=500)
+    sub.add_argument("--batch-size", type=positive_int, default=500)
     _features(sub)
 
     sub = command("fid", commands.cmd_fid, "FID of one (sampler, eta) from its shards' features", "result .json")
     sub.add_argument("--reference", required=True)
     sub.add_argument("--shards", nargs="+", required=True)
-    sub.add_argument("--seed-groups", type=int, default=5, help="disjoint seed groups for the FID spread")
+    sub.add_argument("--seed-groups", type=positive_int, default=5, help="disjoint seed groups for the FID spread")
 
     for name, handler, text, out in (("nll", commands.cmd_nll, "PF-ODE NLL of one shard of a split", "per-image .csv"),
                                      ("vlb", commands.cmd_vlb, "runs of the variational bound on a split",
@@ -193,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         _experts(sub)
         sub.add_argument("--data", required=True)
         sub.add_argument("--split", default="test")
-        sub.add_argument("--batch-size", type=int, default=400)
-    sub.add_argument("--runs", type=int, nargs="+", required=True, metavar="RUN",
+        sub.add_argument("--batch-size", type=positive_int, default=400)
+    sub.add_argument("--runs", type=positive_int, nargs="+", required=True, metavar="RUN",
                      help="run seeds; each run is one record, the same as when run alone")
     sub = subcommands.choices["nll"]
-    sub.add_argument("--shard", type=int, default=0)
-    sub.add_argument("--shards", type=int, default=1)
-    sub.add_argument("--images", type=int, default=None, help="use the first this many images of the split")
+    sub.add_argument("--shard", type=non_negative_int, default=0)
+    sub.add_argument("--shards", type=positive_int, default=1)
+    sub.add_argument("--images", type=positive_int, default=None, help="use the first this many images of the split")
     sub.add_argument("--rtol", type=positive_float, default=1e-5)
     sub.add_argument("--atol", type=positive_float, default=1e-5)
     sub.add_argument("--dequantization", choices=["tn", "uniform"], default="tn")
@@ -211,10 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     _expert_pair(sub)
     sub.add_argument("--data", required=True, help="splits .npz")
     _selection(sub)
-    sub.add_argument("--points", type=int, required=True, help="grid points over the union of both gamma ranges")
-    sub.add_argument("--batch-size", type=int, default=256, help="images per network call")
-    sub.add_argument("--shard", type=int, default=0, help="this job's part of the images (0-based)")
-    sub.add_argument("--shards", type=int, default=1, help="equal parts of the images (combine-profiles joins them)")
+    sub.add_argument("--points", type=positive_int, required=True, help="grid points over the union of both gamma ranges")
+    sub.add_argument("--batch-size", type=positive_int, default=256, help="images per network call")
+    sub.add_argument("--shard", type=non_negative_int, default=0, help="this job's part of the images (0-based)")
+    sub.add_argument("--shards", type=positive_int, default=1, help="equal parts of the images (combine-profiles joins them)")
 
     sub = command("combine-profiles", profile_commands.cmd_combine_profiles,
                   "one loss profile from its shards (means and standard errors pooled exactly)", "profile .csv")
@@ -287,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("figure-grid", commands.cmd_figure_grid, "Fig. 3 (fixed noise) or Figs. 6-7 (samples) per eta",
                   "figure .png path")
     sub.add_argument("--kind", choices=["fixed-noise", "samples"], required=True)
-    sub.add_argument("--count", type=int, required=True, help="rows (fixed-noise) or samples per panel")
+    sub.add_argument("--count", type=positive_int, required=True, help="rows (fixed-noise) or samples per panel")
     sub.add_argument("--shards", nargs="+", required=True, help="shard 0 of each eta, in column order")
     sub.add_argument("--title", default="")
 
@@ -300,23 +322,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_writable(out) -> None:
+    """Fail before any work if --out's folder cannot be made or written (a read-only or missing mount)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(out).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise OSError(f"cannot write the output {out}: {error.strerror or error} in {folder}") from None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # train-recipe re-launches itself under torchrun with them
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if getattr(args, "steps", 0) is None:
-        args.steps = {"ancestral": 256, "heun": 18}.get(getattr(args, "sampler", ""), None)
-    from .downloads import DownloadError
-
     try:
+        check_writable(args.out)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        if getattr(args, "steps", 0) is None:
+            args.steps = {"ancestral": 256, "heun": 18}.get(getattr(args, "sampler", ""), None)
         args.handler(args)
-    except (ValueError, FileNotFoundError, DownloadError) as error:  # bad input: one clear line, no traceback
-        log.error("%s: %s", type(error).__name__, error)
+    except Exception as error:  # bad input, a full disk, a refused file: one line, no traceback (--debug: both)
+        if args.debug:
+            raise
+        from pickle import UnpicklingError
+
+        from .downloads import DownloadError
+
+        expected = isinstance(error, (ValueError, OSError, DownloadError, UnpicklingError))  # the message says it all
+        message = " ".join(str(error).split()) or repr(error)
+        log.error("%s: %s%s", type(error).__name__, message, "" if expected else " (run with --debug for the traceback)")
         return 1
     return 0
 

@@ -3,11 +3,16 @@
 A checksum is written with its algorithm, "sha256:<hex>" or "md5:<hex>" (CIFAR-10 publishes an
 MD5). `fetch` copies or downloads to a temporary name beside the destination, verifies the digest,
 and only then renames, so a mismatch or an interrupted transfer never leaves an output file.
+
+A file config.yaml leaves "unpinned" is trusted on first use, as package managers' lock files do: its
+SHA-256 is recorded in `checksums.lock` beside it when it is first fetched or used, and every later
+fetch or use verifies it; a changed file is an error until its digest is pinned in config.yaml.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import shutil
 import time
@@ -21,7 +26,8 @@ from .files import atomic_path
 log = logging.getLogger(__name__)
 
 ALGORITHMS = {"md5": 32, "sha256": 64}  # algorithm -> hex digest length
-UNPINNED = "unpinned"  # a file whose checksum is not known yet: fetched, its SHA-256 logged for pinning
+UNPINNED = "unpinned"  # a file whose checksum is not known yet: trusted on first use (checksums.lock)
+LOCK_NAME = "checksums.lock"  # beside the files: {file name: "sha256:<hex>"} of unpinned files as first seen
 CHUNK_BYTES = 1 << 20
 PROGRESS_SECONDS = 10.0  # log progress at most this often
 
@@ -125,7 +131,7 @@ def fetch(source, checksum: str, dest, *, timeout: float = 60) -> Path:
     dest = Path(dest)
     if dest.exists():
         if unpinned:
-            _warn_unpinned(dest)
+            trusted_checksum(dest)
             return dest
         try:
             verify_file(dest, checksum)
@@ -145,12 +151,30 @@ def fetch(source, checksum: str, dest, *, timeout: float = 60) -> Path:
             except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
                 raise DownloadError(f"cannot download {source}: {error}. " + _hand_placement(source, dest, checksum)) from error
         if unpinned:
-            _warn_unpinned(temporary, dest)
+            trusted_checksum(temporary, name=dest)
         else:
             verify_file(temporary, checksum, name=f"{source} (fetched for {dest})")
     return dest
 
 
-def _warn_unpinned(path, name=None) -> None:
-    log.warning("%s is not pinned by a checksum in config.yaml; its checksum is sha256:%s. Pin it there after "
-                "checking the file is the published one.", name or path, file_checksum(path, "sha256"))
+def trusted_checksum(path, *, name=None) -> str:
+    """The SHA-256 of an unpinned file, trusted on first use: recorded in checksums.lock beside `name` (default
+    `path`) the first time, verified on every later call; a changed file raises ChecksumError."""
+    name = Path(name or path)
+    lock = name.parent / LOCK_NAME
+    try:
+        entries = json.loads(lock.read_text()) if lock.exists() else {}
+    except json.JSONDecodeError as error:
+        raise ChecksumError(f"{lock} is not a valid lock file ({error}); delete it to trust the files again") from None
+    actual = "sha256:" + file_checksum(path, "sha256")
+    recorded = entries.get(name.name)
+    if recorded is None:
+        with atomic_path(lock) as temporary:
+            temporary.write_text(json.dumps({**entries, name.name: actual}, indent=2, sort_keys=True) + "\n")
+        log.warning("%s is not pinned by a checksum in config.yaml; trusting it on first use, %s recorded in %s. Pin "
+                    "it in config.yaml after checking the file is the published one.", name, actual, lock)
+    elif recorded != actual:
+        raise ChecksumError(f"{name} changed since it was first used: {lock} records {recorded}, the file has {actual}. "
+                            f"If the new file is the right one, pin its checksum in config.yaml or delete its entry "
+                            f"from {lock}")
+    return actual

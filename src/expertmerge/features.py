@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .downloads import verify_file
+from .downloads import trusted_checksum, verify_file
 from .files import atomic_path, write_text
 from .images import check_images
 from .optimization import optimizer_step
@@ -194,7 +194,8 @@ def load_inception(weights_path, device="cpu", checksum: str | None = None) -> t
     truncated or altered, raises expertmerge.downloads.ChecksumError and is never loaded.
     The file is TorchScript, read by `torch.jit.load` (inside clean-fid's InceptionV3W). Unlike
     `torch.load` of a pickle, that runs no arbitrary Python, only the TorchScript ops the graph
-    holds; the checksum still matters, since the graph decides what the features are.
+    holds; the checksum still matters, since the graph decides what the features are. Without one, the
+    file is trusted on first use (expertmerge.downloads.trusted_checksum: checksums.lock beside it).
     Returns InceptionV3W(resize_inside=True) in eval mode on `device`: call it on float NCHW 0..255.
     """
     path = Path(weights_path)
@@ -202,6 +203,8 @@ def load_inception(weights_path, device="cpu", checksum: str | None = None) -> t
         raise _missing_weights(path, checksum)
     if checksum:
         verify_file(path, checksum, name=f"Inception weights {path}")
+    else:  # unpinned: the digest recorded when the file was first fetched or used must still hold
+        trusted_checksum(path)
     return _clean_fid_network(path).to(device).eval()
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .experts.base import check_expert
+from .experts.base import check_expert, raise_if_not_finite
 from .images import check_images, from_uint8
 from .noise import gamma_to_noise_level, linear_gamma, vp_alpha_sigma
 from .sampling import odeint, solver_norm, vp_velocity
@@ -76,19 +76,6 @@ def _check_call(expert, images, seeds, batch_size) -> tuple[torch.Tensor, list[i
     return images, seeds
 
 
-def _raise_if_not_finite(values: torch.Tensor, indices: Sequence[int], what: str, noise_level=None) -> None:
-    """Raise FloatingPointError naming the images (global indices) and noise levels where `values` is NaN/Inf."""
-    bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
-    if not bool(bad.any()):
-        return
-    rows = torch.nonzero(bad).squeeze(1).tolist()
-    where = ""
-    if noise_level is not None:
-        levels = torch.as_tensor(noise_level, dtype=torch.float64).cpu().expand(values.shape[0])[rows].tolist()
-        where = " at noise level " + ", ".join(sorted({f"s={s:.6g} (gamma={2 * math.log(s):.4f})" for s in levels}))
-    raise FloatingPointError(f"{what} is NaN or Inf for images {[indices[r] for r in rows]}{where}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Dequantisation: x0 in VE coordinates at gamma_min and log q(x0 | x) as a density in VE coordinates.
 # (VP densities differ from VE ones by dim*log(alpha0) in both p and q, which cancels in the bound.)
@@ -139,13 +126,13 @@ def vp_velocity_and_divergence(expert, z: torch.Tensor, gamma: float, probe: tor
     with torch.enable_grad():
         x32 = (z.detach() / alpha).float().requires_grad_(True)
         denoised = expert.denoise(x32, s)
-        _raise_if_not_finite(denoised.detach(), indices, "the expert's output D(x; s)", s)
+        raise_if_not_finite(denoised.detach(), indices, "the output D(x; s)", s, expert)
         if not denoised.requires_grad:
             raise TypeError("expert.denoise(x, s) is not differentiable with respect to x; the ODE likelihood "
                             "needs its vector-Jacobian product (is the network run under torch.no_grad?)")
         vjp, = torch.autograd.grad((denoised * probe).sum(), x32, allow_unused=True)
     vjp = torch.zeros_like(x32) if vjp is None else vjp
-    _raise_if_not_finite(vjp, indices, "the vector-Jacobian product of the expert", s)
+    raise_if_not_finite(vjp, indices, "the vector-Jacobian product of the expert", s)
     trace = (vjp.double() * probe.double()).flatten(1).sum(1)  # probe^T (dD/dx) probe
     return vp_velocity(denoised.detach().to(z.dtype), z, alpha), (alpha**2 * z[0].numel() - trace) / 2
 
@@ -222,7 +209,7 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
         log_p, calls = ode_log_density(expert, x0, probe, rtol=rtol, atol=atol, error_norm=error_norm,
                                        indices=indices)
         bpd = -(log_p - log_q) / (x[0].numel() * math.log(2))
-        _raise_if_not_finite(bpd, indices, "the ODE bpd (the expert's output was finite; the solve overflowed)")
+        raise_if_not_finite(bpd, indices, "the ODE bpd (the expert's output was finite; the solve overflowed)")
         bpds.append(bpd.cpu())
         nfes.append(torch.full((len(indices),), calls, dtype=torch.int64))
         if progress is not None:
@@ -266,7 +253,7 @@ def denoising_error(expert, x: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
     level = s.reshape(-1, *([1] * (x.ndim - 1)))
     with torch.no_grad():
         denoised = expert.denoise((x.double() + level * eps).float(), s)
-    _raise_if_not_finite(denoised, indices, "the expert's output D(x; s)", s)
+    raise_if_not_finite(denoised, indices, "the output D(x; s)", s, expert)
     return ((denoised.double() - x.double()) / level).pow(2).flatten(1).sum(1)
 
 
@@ -312,7 +299,7 @@ def vlb(expert, images, *, seed: int = 0, seeds=None, batch_size: int = 64, devi
             progress(indices[-1] + 1)
     terms = {name: torch.cat(values) for name, values in terms.items()}
     record = VLBRecord(bpd=terms["prior"] + terms["reconstruction"] + terms["diffusion"], **terms)
-    _raise_if_not_finite(record.bpd, list(range(len(seeds))), "the VLB (the expert's output was finite)")
+    raise_if_not_finite(record.bpd, list(range(len(seeds))), "the VLB (the expert's output was finite)")
     return record
 
 

@@ -28,9 +28,17 @@ def noise_level_to_gamma(noise_level):
 def gamma_range(noise_range: dict) -> tuple[float, float]:
     """A noise range as config.yaml and the family registry write it, {sigma_min, sigma_max} or
     {gamma_min, gamma_max}, as (gamma_min, gamma_max)."""
-    if "sigma_min" in noise_range:
-        return noise_level_to_gamma(noise_range["sigma_min"]), noise_level_to_gamma(noise_range["sigma_max"])
-    return float(noise_range["gamma_min"]), float(noise_range["gamma_max"])
+    keys = ("sigma_min", "sigma_max") if "sigma_min" in noise_range else ("gamma_min", "gamma_max")
+    try:
+        lo, hi = (float(noise_range[key]) for key in keys)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"a noise range is {{sigma_min, sigma_max}} (noise levels > 0) or {{gamma_min, gamma_max}} "
+                         f"(numbers), with min < max; got {noise_range!r}") from None
+    if keys[0] == "sigma_min" and not (0 < lo < hi < math.inf):
+        raise ValueError(f"a noise range needs 0 < sigma_min < sigma_max < inf, got sigma_min={lo}, sigma_max={hi}")
+    if keys[0] == "gamma_min" and not (-math.inf < lo < hi < math.inf):
+        raise ValueError(f"a noise range needs finite gamma_min < gamma_max, got gamma_min={lo}, gamma_max={hi}")
+    return (noise_level_to_gamma(lo), noise_level_to_gamma(hi)) if keys[0] == "sigma_min" else (lo, hi)
 
 
 def linear_gamma(t, gamma_0: float, gamma_1: float):

@@ -194,6 +194,18 @@ ANALYSIS_SECTIONS = ("fid", "etas", "sampling", "nll", "vlb", "figures")
 # What each data source (config.yaml's data.source) holds: its splits, and the shape (C, H, W) of its images.
 DATA_SPLITS = {"sklearn-digits": ("train", "val", "test"), "cifar10": ("train", "test"), "imagenet32": ("train", "test")}
 IMAGE_SHAPES = {"sklearn-digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
+# Images per split of the fixed data sets (the digits' splits follow data.val_fraction/test_fraction of 1797)
+SPLIT_SIZES = {"cifar10": {"train": 50_000, "test": 10_000}, "imagenet32": {"train": 1_281_167, "test": 49_999}}
+DIGITS_IMAGES = 1797
+
+
+def split_size(data: dict, split: str) -> int:
+    """How many images a split of an experiment's data holds (as datasets.split_indices rounds them)."""
+    if data["source"] != "sklearn-digits":
+        return SPLIT_SIZES[data["source"]][split]
+    held = {name: round(DIGITS_IMAGES * data.get(f"{name}_fraction", default))
+            for name, default in (("val", 0.1), ("test", 0.15))}
+    return held.get(split, DIGITS_IMAGES - sum(held.values()))
 
 
 def check_config(config: dict) -> None:
@@ -252,6 +264,10 @@ def check_config(config: dict) -> None:
         if set(drawn) - set(labels):
             raise ConfigError(f"experiment {name!r}: figures.fid_vs_nfe names {sorted(set(drawn) - set(labels))}, "
                               f"which are not among its etas {labels}")
+        try:
+            _check_shards(experiment)
+        except ConfigError as error:
+            raise ConfigError(f"experiment {name!r}: {error}") from None
         vlb = experiment["vlb"]
         if vlb.get("runs_per_job", 1) > vlb["runs"]:
             raise ConfigError(f"experiment {name!r}: vlb.runs_per_job ({vlb['runs_per_job']}) exceeds vlb.runs "
@@ -259,6 +275,22 @@ def check_config(config: dict) -> None:
     for name in config.get("paper", {}):
         if name not in config["experiments"] or not has_analysis(config["experiments"][name]):
             raise ConfigError(f"paper: {name!r} must name an experiment with measurements configured")
+
+
+def _check_shards(experiment: dict) -> None:
+    """Every shard of the NLL and of the loss profile gets at least one image."""
+    test = min(experiment["nll"].get("images") or math.inf, split_size(experiment["data"], "test"))
+    if experiment["nll"]["shards"] > test:
+        raise ConfigError(f"nll.shards ({experiment['nll']['shards']}) exceeds the {test} test images it splits; "
+                          f"allowed: 1 to {test}")
+    profile = experiment.get("loss_profile")
+    if profile:
+        held = split_size(experiment["data"], profile["split"])
+        images = profile.get("images") or held
+        if images > held:
+            raise ConfigError(f"loss_profile.images ({images}) exceeds the {held} images of its split {profile['split']!r}")
+        if profile.get("shards", 1) > images:
+            raise ConfigError(f"loss_profile.shards ({profile['shards']}) exceeds its {images} images; allowed: 1 to {images}")
 
 
 def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=None):

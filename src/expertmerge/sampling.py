@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .experts.base import check_expert
+from .experts.base import check_expert, raise_if_not_finite
 from .images import to_uint8
 from .merge import pieces
 from .noise import gamma_to_noise_level, linear_gamma, vp_alpha_sigma
@@ -50,6 +50,14 @@ def _normal(generators, shape, device) -> torch.Tensor:
     return per_image_draw(generators, lambda g: torch.randn(shape, generator=g), device)
 
 
+def _denoised(expert, x: torch.Tensor, s, seeds) -> torch.Tensor:
+    """D(x; s), refused with one message naming the expert, the images (seeds) and the noise level when
+    it is NaN or Inf: a sampler never turns a broken expert into finished-looking images."""
+    denoised = expert.denoise(x, s)
+    raise_if_not_finite(denoised, seeds, "the output D(x; s)", s, expert)
+    return denoised
+
+
 def _in_batches(sample_batch: Callable, expert, seeds, shape, batch_size, device) -> SampleRecord:
     seeds, shape = _check_request(expert, seeds, shape)
     if batch_size <= 0:
@@ -58,7 +66,8 @@ def _in_batches(sample_batch: Callable, expert, seeds, shape, batch_size, device
     xs, nfes = [], []
     with torch.no_grad():
         for start in range(0, len(seeds), batch_size):
-            x, nfe = sample_batch(expert, per_image_generators(seeds[start:start + batch_size]), shape, device)
+            batch = seeds[start:start + batch_size]
+            x, nfe = sample_batch(expert, batch, per_image_generators(batch), shape, device)
             xs.append(x.float().cpu())
             nfes.append(torch.full((x.shape[0],), nfe, dtype=torch.int64))
     x = torch.cat(xs)
@@ -104,7 +113,7 @@ def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, 
         raise ValueError(f"tolerances must be > 0, got rtol={rtol}, atol={atol}")
     norm = solver_norm(error_norm)
 
-    def batch(expert, generators, shape, device):
+    def batch(expert, seeds, generators, shape, device):
         gamma_min, gamma_max, calls = float(expert.gamma_min), float(expert.gamma_max), 0
 
         def velocity(gamma, z):
@@ -112,7 +121,7 @@ def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, 
             calls += 1
             gamma = min(max(float(gamma), gamma_min), gamma_max)  # dopri5's initial-step trial may overshoot
             alpha, _ = vp_alpha_sigma(gamma)
-            return vp_velocity(expert.denoise(z / alpha, gamma_to_noise_level(gamma)), z, alpha)
+            return vp_velocity(_denoised(expert, z / alpha, gamma_to_noise_level(gamma), seeds), z, alpha)
 
         gammas = torch.tensor([gamma_max, gamma_min], dtype=torch.float64)
         # step_t makes the last step end on gamma_min instead of stepping past it and interpolating back.
@@ -182,15 +191,15 @@ def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, sche
     if len(levels) < 2 or levels[-1] != 0 or any(b >= a for a, b in zip(levels[:-1], levels[1:])):
         raise ValueError("noise_levels must decrease strictly and end in 0")
 
-    def batch(expert, generators, shape, device):
+    def batch(expert, seeds, generators, shape, device):
         x, calls = levels[0] * _normal(generators, shape, device).double(), 0  # NVlabs: x = sigma_max n, float64
         for s_cur, s_next in zip(levels[:-1], levels[1:]):
             step_expert = _step_expert(expert, 2 * math.log(s_cur))
-            d = (x - step_expert.denoise(x.float(), s_cur).double()) / s_cur
+            d = (x - _denoised(step_expert, x.float(), s_cur, seeds).double()) / s_cur
             x_next = x + (s_next - s_cur) * d
             calls += 1
             if s_next > 0:  # second-order correction, skipped on the final step to 0
-                d_next = (x_next - step_expert.denoise(x_next.float(), s_next).double()) / s_next
+                d_next = (x_next - _denoised(step_expert, x_next.float(), s_next, seeds).double()) / s_next
                 x_next = x + (s_next - s_cur) * (d + d_next) / 2
                 calls += 1
             x = x_next
@@ -207,14 +216,14 @@ def sample_ancestral(expert, seeds, shape, *, steps: int = 256, clip_denoised: b
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
 
-    def batch(expert, generators, shape, device):
+    def batch(expert, seeds, generators, shape, device):
         gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
         x = _prior(expert, generators, shape, device)
         for i in range(steps, 0, -1):
             gamma_t = linear_gamma(i / steps, gamma_min, gamma_max)
             gamma_s = linear_gamma((i - 1) / steps, gamma_min, gamma_max)
             c = -math.expm1(gamma_s - gamma_t)
-            denoised = expert.denoise(x, gamma_to_noise_level(gamma_t))
+            denoised = _denoised(expert, x, gamma_to_noise_level(gamma_t), seeds)
             denoised = denoised.clamp(-1, 1) if clip_denoised else denoised
             noise = _normal(generators, shape, device)
             x = x - c * (x - denoised) + gamma_to_noise_level(gamma_s) * math.sqrt(c) * noise

@@ -9,7 +9,8 @@ from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, check_config, et
 
 check_config(config)
 for unpinned in unpinned_downloads(config):
-    logger.warning(f"downloads: {unpinned} is not pinned by a checksum in config.yaml; its fetch log gives its SHA-256")
+    logger.warning(f"downloads: {unpinned} is not pinned by a checksum in config.yaml; it is trusted on first use "
+                   f"(its SHA-256 is recorded in {config['download_dir']}/checksums.lock and verified at every use)")
 
 SAMPLERS = ["ode", "ancestral"]  # the paper's: Fig. 2, the sample grids and the summary's main table
 DOWNLOAD_DIR = config["download_dir"]

@@ -30,6 +30,40 @@ def check_expert(expert, name: str = "expert"):
     return expert
 
 
+def describe(expert) -> str:
+    """An expert for messages: its name (a checkpoint's file name) or class, and its gamma range."""
+    name = getattr(expert, "name", None) or type(expert).__name__
+    return f"expert {name} (gamma in [{float(expert.gamma_min):.4g}, {float(expert.gamma_max):.4g}])"
+
+
+def serving_expert(expert, gamma: float):
+    """The single expert that serves noise level gamma: a merge's piece there (a boundary belongs to the
+    higher-noise piece, as in merge.PiecewiseExpert), or the expert itself."""
+    for lo, _, piece in reversed(getattr(expert, "pieces", [])):
+        if gamma >= lo - 1e-9:
+            return piece
+    return expert
+
+
+def raise_if_not_finite(values: torch.Tensor, indices, what: str, noise_level=None, expert=None) -> None:
+    """Raise FloatingPointError naming the images (`indices`: seeds or data indices, one per row of `values`),
+    the noise levels at which `values` is NaN or Inf and, given the `expert` that made them, the one serving
+    the first such level (a merge's piece)."""
+    bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+    if not bool(bad.any()):
+        return
+    rows = torch.nonzero(bad).squeeze(1).tolist()
+    where = ""
+    if noise_level is not None:
+        levels = torch.as_tensor(noise_level, dtype=torch.float64).cpu().expand(values.shape[0])[rows].tolist()
+        where = " at noise level " + ", ".join(sorted({f"s={s:.6g} (gamma={2 * math.log(s):.4f})" for s in levels}))
+        if expert is not None:
+            what = f"{what} of the {describe(serving_expert(expert, 2 * math.log(levels[0])))}"
+    shown = [indices[r] for r in rows]
+    more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+    raise FloatingPointError(f"{what} is NaN or Inf for images {shown[:10]}{more}{where}")
+
+
 def as_noise_level_batch(noise_level, batch: int, device=None) -> torch.Tensor:
     """Broadcast a float or [N] tensor of noise levels to a float64 tensor of shape [N]."""
     s = torch.as_tensor(noise_level, dtype=torch.float64, device=device)

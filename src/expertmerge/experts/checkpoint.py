@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ..files import atomic_path, write_text
 from ..images import PixelScale
+from ..noise import gamma_range
 from .base import RescaledExpert
 from .registry import get_family
 
@@ -113,6 +114,12 @@ def load_expert_meta(path) -> dict:
     if meta.get("version") != VERSION:
         raise ValueError(f"{str(record)!r} has checkpoint version {meta.get('version')!r}; this code reads version {VERSION}")
     get_family(meta.get("family"))
+    for keys in (("sigma_min", "sigma_max"), ("gamma_min", "gamma_max")):  # a range the expert is evaluated on
+        if any(key in meta for key in keys):
+            try:
+                gamma_range({key: meta.get(key) for key in keys})
+            except ValueError as error:
+                raise ValueError(f"{str(record)!r}: {error}") from None
     return meta
 
 
@@ -137,5 +144,6 @@ def load_expert(path, device="cpu"):
     net = net.to(device).eval().requires_grad_(False)
     expert = wrap_network(meta, net)
     expert.meta = meta
+    expert.name = weights.stem  # the checkpoint's file name ("edm"), for messages
     expert.image_shape = tuple(meta["image_shape"]) if "image_shape" in meta else None  # (C, H, W) trained on
     return expert

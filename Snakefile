@@ -1,6 +1,9 @@
 # expertmerge: merge pretrained diffusion experts by noise level and regenerate the paper's
 # tables and figures. Rules hold no numerics: each calls one `expertmerge <command>`.
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from expertmerge.pipeline import short_schema_error
 
 min_version("9.20")
 
@@ -8,7 +11,10 @@ min_version("9.20")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as error:  # the message, not the whole schema that jsonschema appends
+    raise WorkflowError(short_schema_error(error)) from None
 
 
 report: "workflow/report/workflow.rst"

@@ -1,17 +1,19 @@
 """The EDM pickle reader: loads NVlabs' persistence format, never runs code from the file."""
 import collections
 import hashlib
+import io
 import os
 import pickle
 import pickletools
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from expertmerge.downloads import ChecksumError
-from expertmerge.experts.edm_pickle import ALLOWED_GLOBALS, read_edm_pickle, read_edm_snapshot
-from expertmerge.safe_pickle import RefusedGlobalError
+from expertmerge.experts.edm_pickle import ALLOWED_GLOBALS, _EDMUnpickler, read_edm_pickle, read_edm_snapshot
+from expertmerge.safe_pickle import RefusedGlobalError, RefusedStateError
 
 ENV_FLAG = "EXPERTMERGE_TEST_EDM_SOURCE_RAN"
 
@@ -188,20 +190,100 @@ def test_storage_bytes_are_loaded_weights_only(tmp_path, clean_environment):
 
 
 class TensorView:
-    def __init__(self, storage, size):
-        self.storage, self.size = storage, size
+    """Pickles as `_rebuild_tensor_v2` of a view of `storage`, followed by BUILD with `state` if one is given."""
+
+    def __init__(self, storage, size, stride=(1,), offset=0, state=None):
+        self.storage, self.size, self.stride, self.offset, self.state = storage, size, stride, offset, state
 
     def __reduce__(self):
-        return torch._utils._rebuild_tensor_v2, (self.storage, 0, self.size, (1,), False, collections.OrderedDict())
+        args = (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, args) + ((self.state,) if self.state is not None else ())
+
+
+class Rebuilt:
+    """Pickles as `function(*args)` followed by BUILD with `state`."""
+
+    def __init__(self, function, args, state):
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self):
+        return self.function, self.args, self.state
+
+
+def float_storage(n: int) -> torch.storage.TypedStorage:
+    """A float32 storage of 0, 1, ..., n - 1, pickled as NVlabs' pickles hold one."""
+    return torch.storage.TypedStorage(wrap_storage=torch.arange(n, dtype=torch.float32).untyped_storage(),
+                                      dtype=torch.float32, _internal=True)
+
+
+def unpickle(obj):
+    """`obj` pickled and read by the EDM reader, without the copy that `read_edm_pickle` makes of each tensor
+    (a check missing here then hands back a view rather than allocating what the view claims)."""
+    return _EDMUnpickler(io.BytesIO(pickle.dumps(obj))).load()
 
 
 def test_refuses_tensor_larger_than_its_storage(tmp_path):
-    storage = torch.ones(3).untyped_storage()
-    typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=torch.float32, _internal=True)
     path = tmp_path / "overrun.pkl"
-    path.write_bytes(pickle.dumps(dict(ema=TensorView(typed, (100,)))))
+    path.write_bytes(pickle.dumps(dict(ema=TensorView(float_storage(3), (100,)))))
     with pytest.raises(pickle.UnpicklingError, match="exceeds its storage of 3 elements"):
         read_edm_pickle(path)
+
+
+@pytest.mark.parametrize("size, stride, offset, refusal", [
+    ((10**12,), (0,), 0, r"has 1000000000000 elements: exceeds its storage of 4 elements"),  # 4 TB from 16 bytes
+    ((10**6, 10**6), (1, 0), 0, r"has 1000000000000 elements: exceeds its storage of 4 elements"),
+    ((2, 2), (0, 1), 0, r"repeats elements \(stride 0 on a dimension of size 2\)"),
+    ((2, 2), (1, 1), 0, r"overlaps itself \(stride 1 < 2, the span of its faster dimensions\)"),
+    ((2, 2), (2, 1), 1, r"has 4 elements: exceeds its storage of 4 elements"),  # every element but one in bounds
+    ((5,), (1,), 0, r"has 5 elements: exceeds its storage of 4 elements"),
+    ((2,), (4,), 0, r"reaches element 4: exceeds its storage of 4 elements"),
+    ((4,), (-1,), 3, r"malformed tensor: .*stride \(-1,\)"),
+    ((2, 2), (2, 1), -1, r"malformed tensor: offset -1"),
+])
+def test_refuses_views_that_overlap_or_leave_their_storage(size, stride, offset, refusal):
+    started = time.perf_counter()
+    with pytest.raises(pickle.UnpicklingError, match=refusal) as error:
+        unpickle(dict(ema=TensorView(float_storage(4), size, stride, offset)))
+    assert not isinstance(error.value, RefusedGlobalError) and time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("tensor", [
+    torch.arange(24.0).reshape(2, 3, 4).permute(2, 0, 1),  # permuted: not contiguous, not overlapping
+    torch.arange(24.0).reshape(1, 2, 3, 4).contiguous(memory_format=torch.channels_last),
+    torch.arange(10.0)[2:8:2],  # offset and a gap between elements
+    torch.arange(4.0).as_strided((1, 4), (100, 1)),  # a dimension of size 1 (it never steps) with a stride of 100
+    torch.zeros(0, 3),
+    torch.nn.Parameter(torch.arange(6.0).reshape(2, 3).t()),
+])
+def test_loads_dense_views_with_their_layout(tensor):
+    loaded = unpickle(dict(ema=tensor))["ema"]
+    assert torch.equal(loaded, tensor.detach()) and loaded.stride() == tensor.stride()
+    assert loaded.storage_offset() == tensor.storage_offset()
+
+
+@pytest.mark.parametrize("target, refused", [
+    (TensorView(float_storage(4), (4,), state=(float_storage(4), 0, (16,), (1,))), "torch.Tensor"),
+    (Rebuilt(torch._utils._rebuild_parameter, (TensorView(float_storage(4), (4,)), False, collections.OrderedDict()),
+             (float_storage(4), 0, (16,), (1,))), "torch.Tensor"),
+    (Rebuilt(collections.OrderedDict, (), {"items": "set by BUILD"}), "collections.OrderedDict"),
+])
+def test_refuses_state_on_objects_not_allowed_state(monkeypatch, target, refused):
+    """BUILD on a rebuilt tensor would call `Tensor.__setstate__`, whose `set_()` re-points the 4-element
+    view at 16 elements, past the storage: refused before any state is applied."""
+    monkeypatch.setattr(torch.Tensor, "__setstate__", lambda self, state: pytest.fail("tensor state applied"))
+    with pytest.raises(RefusedStateError, match="only these types take state: "
+                       r"expertmerge\.experts\.edm_pickle\.PickledObject, numpy\.dtype") as error:
+        unpickle(dict(ema=target))
+    assert error.value.type_name == refused and str(error.value).startswith(
+        f"refused state (pickle BUILD) for a {refused} in an EDM network pickle: ")
+
+
+def test_refuses_numpy_dtype_state_other_than_its_own():
+    """A dtype's state can give it object fields (or any item size): only the state it has is let through."""
+    object_fields = (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0x3F)
+    with pytest.raises(RefusedStateError, match=r"dtype\('V8'\) may take only its own state"):
+        unpickle(dict(ema=Rebuilt(np.dtype, ("V8", False, True), object_fields)))
+    assert unpickle(np.float32(1.5)) == np.float32(1.5)  # numpy's own dtype state
 
 
 def test_refuses_pickle_without_ema_network(tmp_path):

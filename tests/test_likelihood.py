@@ -208,12 +208,15 @@ def test_uniform_dequantization_matches_the_closed_form():
     assert (record.bpd - exact).abs().max() < 1e-3
 
 
-def test_ode_nll_does_not_depend_on_the_batch():
+def test_ode_nll_depends_on_the_batch_only_within_the_solver_tolerance():
+    """What is true about batch invariance: a batch is one ODE system with one step size, so the bpd of an
+    image moves with the batch it is solved in (not bit for bit the same), by far less than the NLL's
+    standard error across images; the noise an image gets does not move at all."""
     expert = make_expert()
     images = quantised_samples(expert, 16)
     alone, together = ode_nll(expert, images, batch_size=1), ode_nll(expert, images, batch_size=16)
-    # Per-image step sequences differ, so results agree to the solver's tolerance, not bit for bit.
-    assert (alone.bpd - together.bpd).abs().max() < 1e-3
+    moved_by = (alone.bpd - together.bpd).abs()
+    assert 0 < moved_by.max() < 1e-3 and moved_by.mean() < together.standard_error() / 10, (moved_by, together)
     assert len(set(alone.nfe.tolist())) > 1 and len(set(together.nfe.tolist())) == 1
     # The same image with the same seed gives the same noise wherever it sits.
     moved = ode_nll(expert, images[[5, 3]], seeds=[5, 3], batch_size=2)

@@ -268,3 +268,24 @@ def test_changing_one_eta_replans_only_that_eta_and_the_aggregates(tmp_path):
                               "literature_table", "literature_table", "paper_table", "paper_table", "paper_table",
                               "summary", "table1", "table2", "table4",
                               "predict_vlb", "figure_predicted_vlb", "figure_loss_profile", "figure_fid_vs_nfe"])
+
+
+def test_paths_from_config_reach_the_shell_quoted(tmp_path):
+    """A path with spaces and shell syntax in config.yaml (an expert's file, the download folder) reaches every
+    job's command as one word: a dry run's commands split back into the same path, and nothing runs."""
+    import shlex
+
+    hostile = "my models/x.pt;touch PWNED;echo"
+    (tmp_path / "my models").mkdir()
+    (tmp_path / hostile).write_bytes(b"not read by a dry run")
+    config = copy.deepcopy(BASE)
+    config["download_dir"] = "my downloads"
+    config["experiments"]["cifar10"]["experts"]["vdm"].pop("recipe")
+    config["experiments"]["cifar10"]["experts"]["vdm"]["path"] = {"path": hostile, "format": "vdm-checkpoint"}
+    write_config(tmp_path, config)
+    jobs = dry_run_jobs(tmp_path, "experts")
+    words = [shlex.split(shell) for rule, _, _, shell in jobs if shell]
+    assert words and all("touch" not in command for command in words)
+    assert any(hostile in command for command in words)  # the import's --input, one word
+    assert any(any(word.startswith("my downloads/") for word in command) for command in words)
+    assert not (tmp_path / "PWNED").exists()

@@ -25,6 +25,16 @@ class Progress:
                  100 * done / self.total, more, elapsed, eta)
 
 
+def require_suffix(out, suffix: str) -> None:
+    """Refuse an --out that does not end in `suffix`: a figure (.png) gets a .pdf beside it and a table (.csv)
+    a .md and a .tex, each named after --out, so any other name would write files nobody asked for."""
+    from pathlib import Path
+
+    if Path(out).suffix != suffix:
+        beside = {".png": "a .pdf", ".csv": "a .md and a .tex"}[suffix]
+        raise ValueError(f"--out must end in {suffix} (the command writes {suffix} and {beside} beside it), got {out}")
+
+
 def cmd_dataset(args):
     from pathlib import Path
 
@@ -67,7 +77,7 @@ def cmd_train_recipe(args):
     import dataclasses
     import os
 
-    from .datasets import load_splits
+    from .datasets import split_images
     from .pipeline import check_recipe
     from .recipes import get_recipe
     from .train_recipe import train
@@ -81,7 +91,7 @@ def cmd_train_recipe(args):
         os.execv(sys.executable, [sys.executable, *argv])
     if args.network:
         recipe = dataclasses.replace(recipe, network={**recipe.network, **args.network})
-    images = load_splits(args.data)[args.split]
+    images = split_images(args.data, args.split)
     train(recipe, images, args.workdir, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
           checkpoint_every=args.checkpoint_every, log_every=args.log_every, expert_stem=args.out)
 
@@ -110,14 +120,14 @@ def cmd_train_classifier(args):
 
 
 def cmd_reference_stats(args):
-    from .datasets import load_splits
+    from .datasets import split_images
     from .devices import resolve_device
     from .features import load_feature_network
     from .frechet import save_statistics, statistics
 
+    images = split_images(args.data, args.split)
     network = load_feature_network(args.features_kind, args.features, resolve_device(args.device),
                                    args.features_checksum)
-    images = load_splits(args.data)[args.split]
     mu, sigma = statistics(network(images))
     save_statistics(args.out, mu, sigma, num_images=len(images))
     log.info("reference statistics of %d %s images -> %s", len(images), args.split, args.out)
@@ -142,7 +152,7 @@ def cmd_sample(args):
     name = f"heun{args.steps}" if args.sampler == "heun" else args.sampler  # Heun's results are per step count
     seeds, images, nfe = list(args.seeds), [], []
     progress = Progress(len(seeds), f"{args.sampler} samples at eta={args.eta}")
-    for start in range(0, len(seeds), args.batch_size):  # image i uses seed i: batching changes nothing
+    for start in range(0, len(seeds), args.batch_size):  # image i uses seed i (the ODE's step size is per batch)
         record = sampler(expert, seeds[start:start + args.batch_size], shape, batch_size=args.batch_size,
                          device=device, **options)
         images.append(record.images.cpu().numpy())
@@ -161,10 +171,12 @@ def cmd_fid(args):
     from .frechet import fid_with_spread, load_statistics
     from .shards import load_shard, write_json
 
-    shards = [load_shard(path, "features", "nfe") for path in args.shards]
-    feats = np.concatenate([shard["features"] for shard in shards])
-    nfe = np.concatenate([shard["nfe"] for shard in shards])
-    scores = fid_with_spread(load_statistics(args.reference), feats, args.seed_groups)
+    reference = load_statistics(args.reference)
+    shards = [load_shard(path, "features", "nfe", "seeds") for path in args.shards]
+    order = _seed_order(args.shards, shards)  # the samples in seed order, whatever the order of --shards
+    feats = np.concatenate([shard["features"] for shard in shards])[order]
+    nfe = np.concatenate([shard["nfe"] for shard in shards])[order]
+    scores = fid_with_spread(reference, feats, args.seed_groups)
     record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol")}
     result = {**record, "fid": scores["fid"], "fid_spread": scores["std"],
               "seed_groups": args.seed_groups, "nfe_mean": float(nfe.mean()), "num_samples": len(feats)}
@@ -173,13 +185,60 @@ def cmd_fid(args):
              args.seed_groups, len(feats))
 
 
+def _seed_order(paths, shards):
+    """The order that puts the FID shards' samples in seed order. Refuses shards whose records differ (another
+    sampler, eta or setting) and seeds that repeat or leave a gap: together they must be seeds 0..N-1."""
+    import json
+
+    import numpy as np
+
+    first = shards[0]["record"]
+    for path, shard in zip(paths[1:], shards[1:]):
+        differ = [key for key in sorted(first.keys() | shard["record"].keys())
+                  if json.dumps(first.get(key)) != json.dumps(shard["record"].get(key))]
+        if differ:
+            raise ValueError(f"the shards are not of one sampler and eta: {paths[0]} and {path} differ in " + ", ".join(
+                f"{key} ({first.get(key)!r} vs {shard['record'].get(key)!r})" for key in differ))
+    for path, shard in zip(paths, shards):
+        if not len(shard["seeds"]) == len(shard["features"]) == len(shard["nfe"]) > 0:
+            raise ValueError(f"{path} holds {len(shard['seeds'])} seeds, {len(shard['features'])} features and "
+                             f"{len(shard['nfe'])} NFE counts; a sample shard holds one of each per sample")
+    seeds = np.concatenate([shard["seeds"] for shard in shards]).astype(np.int64)
+    owner = np.repeat(np.arange(len(shards)), [len(shard["seeds"]) for shard in shards])
+    order = np.argsort(seeds, kind="stable")
+    repeated = np.unique(seeds[order][1:][np.diff(seeds[order]) == 0])
+    if len(repeated):
+        raise ValueError(f"the shards overlap: seed {repeated[0]} is in each of "
+                         f"{', '.join(paths[k] for k in owner[seeds == repeated[0]])} ({len(repeated)} seeds repeat); "
+                         f"each seed must be sampled once")
+    count = len(seeds)
+    if not np.array_equal(seeds[order], np.arange(count)):
+        missing = np.setdiff1d(np.arange(count), seeds)
+        outside = sorted({paths[k] for k in owner[(seeds < 0) | (seeds >= count)]})
+        raise ValueError(f"the shards hold {count} samples, which must be seeds 0..{count - 1}, but {len(missing)} of "
+                         f"those are missing (the first {missing[0]}) and {', '.join(outside)} hold(s) seeds outside")
+    return order
+
+
 def _test_shard(args):
-    from .datasets import load_splits
+    from .datasets import split_images
     from .pipeline import shard_ranges
 
-    images = load_splits(args.data)[args.split][:args.images]  # the first --images of the split (default all)
+    images = split_images(args.data, args.split)
+    if args.images is not None and args.images > len(images):
+        raise ValueError(f"--images {args.images} is more than the {len(images)} images of split {args.split!r}")
+    images = images[:args.images]  # the first --images of the split (default all)
+    if not 1 <= args.shards <= len(images):
+        raise ValueError(f"--shards must be in 1..{len(images)} (each shard needs at least one of the {len(images)} "
+                         f"images), got {args.shards}")
+    if not 0 <= args.shard < args.shards:
+        raise ValueError(f"--shard must be in 0..{args.shards - 1} for --shards {args.shards}, got {args.shard}")
     size = -(-len(images) // args.shards)  # equal shards, the last one shorter
-    start, stop = shard_ranges(len(images), size)[args.shard]
+    ranges = shard_ranges(len(images), size)
+    if len(ranges) != args.shards:
+        raise ValueError(f"{len(images)} images in {args.shards} equal shards of {size} leave the last "
+                         f"{args.shards - len(ranges)} empty; choose another --shards")
+    start, stop = ranges[args.shard]
     return images[start:stop], range(start, stop)
 
 
@@ -187,13 +246,14 @@ def cmd_nll(args):
     import pandas as pd
 
     from .devices import resolve_device
-    from .likelihood import ode_nll
+    from .likelihood import check_image_shape, ode_nll
     from .pipeline import build_expert
     from .shards import write_csv
 
+    images, indices = _test_shard(args)
     device = resolve_device(args.device)
     expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
-    images, indices = _test_shard(args)
+    check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
     progress = Progress(len(indices), f"ODE NLL at eta={args.eta}")
     result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
                      dequantization=args.dequantization, batch_size=args.batch_size, error_norm=args.error_norm,
@@ -207,15 +267,16 @@ def cmd_nll(args):
 
 
 def cmd_vlb(args):
-    from .datasets import load_splits
+    from .datasets import split_images
     from .devices import resolve_device
-    from .likelihood import vlb
+    from .likelihood import check_image_shape, vlb
     from .pipeline import build_expert
     from .shards import write_json
 
+    images = split_images(args.data, args.split)
     device = resolve_device(args.device)
     expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
-    images = load_splits(args.data)[args.split]
+    check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
     records = []
     for run in args.runs:  # one run's numbers depend on its seed only, so grouping runs changes nothing
         result = vlb(expert, images, seed=run, batch_size=args.batch_size, device=device)
@@ -232,6 +293,7 @@ def cmd_table(args):
 
     from . import tables
 
+    require_suffix(args.out, ".csv")
     records = tables.load_records(*args.inputs)
     if args.predicted and args.table != 4:
         raise ValueError("--predicted adds the predicted VLB to Table 4 only")
@@ -246,6 +308,7 @@ def cmd_paper_table(args):
 
     from . import tables
 
+    require_suffix(args.out, ".csv")
     records = {name: tables.load_records(*files) for name, *files in args.dataset}
     written = tables.write_table(tables.paper_table(args.table, records), Path(args.out).with_suffix(""))
     log.info("wrote %s", ", ".join(map(str, written)))
@@ -258,6 +321,7 @@ def cmd_literature_table(args):
 
     from . import literature, summary, tables
 
+    require_suffix(args.out, ".csv")
     groups = {kind: {dataset: files for dataset, *files in getattr(args, kind)} for kind in ("nll", "vlb", "fid")}
     if not (groups["nll"].keys() == groups["vlb"].keys() == groups["fid"].keys()):
         raise ValueError(f"--nll, --vlb and --fid must name the same data sets; got {[sorted(g) for g in groups.values()]}")
@@ -278,6 +342,7 @@ def cmd_literature_table(args):
 def cmd_figure_tradeoff(args):
     from . import figures, tables
 
+    require_suffix(args.out, ".png")
     figures.tradeoff_figure(tables.load_records(*args.nll), tables.load_records(*args.vlb),
                             tables.load_records(*args.fid), args.out, fid_budget=args.recommend_fid_budget)
 
@@ -325,7 +390,12 @@ def cmd_figure_grid(args):
     from . import figures
     from .shards import load_shard
 
+    require_suffix(args.out, ".png")
     shards = [load_shard(path, "images", "seeds") for path in args.shards]
+    fewest = min(range(len(shards)), key=lambda k: len(shards[k]["images"]))
+    if args.count > len(shards[fewest]["images"]):
+        raise ValueError(f"--count {args.count} is more than the shards hold: {args.shards[fewest]} has "
+                         f"{len(shards[fewest]['images'])} samples")
     columns = [shard["record"]["eta_label"] for shard in shards]
     panels = [shard["images"][:args.count] for shard in shards]
     seeds = shards[0]["seeds"][:args.count]
@@ -340,4 +410,5 @@ def cmd_figure_grid(args):
 def cmd_figure_fid_vs_nfe(args):
     from . import figures, tables
 
+    require_suffix(args.out, ".png")
     figures.fid_vs_nfe_figure(tables.load_records(*args.fid), args.out, etas=args.etas, title=args.title)

@@ -7,8 +7,12 @@ whose divergence is (alpha^2 dim - tr dD/dx)/2; the VLB works in VE coordinates 
 Bits per dimension: bpd = -(log p(z0) - log q(z0|x)) / (dim ln 2); with dequantisation bins that
 do not overlap, p(x|z0) = 1 and this bounds the 8-bit probability itself, with no offset.
 
-Image j draws all of its noise from its own generator seeded with seeds[j] (default j), so its
-result does not depend on the batch it sits in.
+Image j draws all of its noise from its own generator seeded with seeds[j] (default j), so its VLB does
+not depend on the batch it sits in, and neither do its ODE's dequantisation and probe. The adaptive ODE
+solve does: a batch is one system with one step size (score_sde's, and the paper's NFE), so an image's
+bpd moves within the solver's tolerance with the batch and shard layout it is solved in (measured by
+tests/test_likelihood.py; the NLL records carry their batch_size). error_norm "image-max" makes every
+image meet the tolerance, which bounds but does not remove that dependence.
 """
 from __future__ import annotations
 
@@ -63,9 +67,19 @@ class VLBSummary:
 # ---------------------------------------------------------------------------------------------
 # Checks and per-image noise.
 
+def check_image_shape(expert, shape, name: str = "the expert") -> None:
+    """Refuse data of (C, H, W) `shape` unless it is the shape the expert works on (its `image_shape`, if it
+    records one: experts loaded from checkpoints and merges of them do)."""
+    wanted = getattr(expert, "image_shape", None)
+    if wanted is not None and tuple(map(int, shape)) != tuple(map(int, wanted)):
+        raise ValueError(f"the images are {'x'.join(map(str, map(int, shape)))} (C x H x W) but {name} works on "
+                         f"{'x'.join(map(str, map(int, wanted)))} images")
+
+
 def _check_call(expert, images, seeds, batch_size) -> tuple[torch.Tensor, list[int]]:
     check_expert(expert)
     images = check_images(images)
+    check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
     seeds = list(range(images.shape[0])) if seeds is None else [int(seed) for seed in seeds]
     if len(seeds) != images.shape[0]:
         raise ValueError(f"seeds must hold one seed per image: {images.shape[0]} images, {len(seeds)} seeds")

@@ -208,6 +208,16 @@ def split_size(data: dict, split: str) -> int:
     return held.get(split, DIGITS_IMAGES - sum(held.values()))
 
 
+def short_schema_error(text: str) -> str:
+    """A config validation error in a few lines: what is wrong and where, without the schema that
+    jsonschema's message dumps after "Failed validating" (hundreds of lines for the top level)."""
+    lines = str(text).splitlines()
+    head = [line for line in lines if line.strip()][:3]  # "Error validating config file.", "ValidationError: ..."
+    where = next((line.rstrip(":") for line in lines if line.startswith("On instance")), "")
+    where = where.replace("On instance", "at config") if where != "On instance" else "at the top level of config.yaml"
+    return "\n".join(line for line in head if not line.startswith("Failed validating")) + f"\n({where})"
+
+
 def check_config(config: dict) -> None:
     """Semantic checks after schema validation; one ConfigError naming the first problem."""
     downloads = config.get("downloads", {})

@@ -14,7 +14,7 @@ rule fetch:
     log:
         "results/logs/fetch/{download}.log",
     shell:
-        "expertmerge fetch {params.arguments} --out {output:q} > {log} 2>&1"
+        "expertmerge fetch {params.arguments} --out {output:q} > {log:q} 2>&1"
 
 
 rule dataset:
@@ -30,4 +30,4 @@ rule dataset:
     log:
         "results/{experiment}/logs/dataset.log",
     shell:
-        "expertmerge dataset {params.arguments} --out {output.splits} > {log} 2>&1"
+        "expertmerge dataset {params.arguments} --out {output.splits:q} > {log:q} 2>&1"

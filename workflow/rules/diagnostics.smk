@@ -18,7 +18,7 @@ rule loss_profile_shard:
     log:
         "results/{experiment}/logs/loss_profile/shard{shard}.log",
     shell:
-        "expertmerge loss-profile {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge loss-profile {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule loss_profile:
@@ -31,7 +31,7 @@ rule loss_profile:
     log:
         "results/{experiment}/logs/loss_profile.log",
     shell:
-        "expertmerge combine-profiles --inputs {input} --out {output} > {log} 2>&1"
+        "expertmerge combine-profiles --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule auto_switch:
@@ -44,7 +44,7 @@ rule auto_switch:
     log:
         "results/{experiment}/logs/auto_switch.log",
     shell:
-        "expertmerge auto-switch --profile {input} --out {output} > {log} 2>&1"
+        "expertmerge auto-switch --profile {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule predict_vlb:
@@ -61,7 +61,7 @@ rule predict_vlb:
     log:
         "results/{experiment}/logs/predict_vlb.log",
     shell:
-        "expertmerge predict-vlb --profile {input.profile} {params.arguments} --out {output} > {log} 2>&1"
+        "expertmerge predict-vlb --profile {input.profile:q} {params.arguments} --out {output:q} > {log:q} 2>&1"
 
 
 rule figure_predicted_vlb:
@@ -77,7 +77,8 @@ rule figure_predicted_vlb:
     log:
         "results/{experiment}/logs/figure_predicted_vlb.log",
     shell:
-        "expertmerge figure-predicted-vlb --vlb {input.vlb} --predicted {input.predicted} --out {output.png} > {log} 2>&1"
+        "expertmerge figure-predicted-vlb --vlb {input.vlb:q} --predicted {input.predicted:q} --out {output.png:q}"
+        " > {log:q} 2>&1"
 
 
 rule figure_loss_profile:
@@ -95,5 +96,5 @@ rule figure_loss_profile:
     log:
         "results/{experiment}/logs/figure_loss_profile.log",
     shell:
-        "expertmerge figure-loss-profile --profile {input.profile} --switches {input.switches} {params.arguments} "
-        "--out {output.png} > {log} 2>&1"
+        "expertmerge figure-loss-profile --profile {input.profile:q} --switches {input.switches:q} {params.arguments} "
+        "--out {output.png:q} > {log:q} 2>&1"

@@ -24,7 +24,7 @@ rule train_expert:
     log:
         "results/{experiment}/logs/train_expert/{expert}.log",
     shell:
-        "expertmerge train-expert {params.arguments} --threads {threads} --out {params.stem} > {log} 2>&1"
+        "expertmerge train-expert {params.arguments} --threads {threads} --out {params.stem:q} > {log:q} 2>&1"
 
 
 rule train_recipe:
@@ -46,7 +46,7 @@ rule train_recipe:
         "results/{experiment}/logs/train_recipe/{expert}.log",
     shell:
         "expertmerge train-recipe {params.arguments} --workdir {params.workdir}"
-        " --gpus {resources.gpu} --out {params.stem} >> {log} 2>&1"
+        " --gpus {resources.gpu} --out {params.stem:q} >> {log:q} 2>&1"
 
 
 rule import_expert:
@@ -65,4 +65,4 @@ rule import_expert:
     log:
         "results/{experiment}/logs/import_expert/{source}/{expert}.log",
     shell:
-        "expertmerge import-expert {params.arguments} --out {params.stem} > {log} 2>&1"
+        "expertmerge import-expert {params.arguments} --out {params.stem:q} > {log:q} 2>&1"

@@ -18,7 +18,7 @@ rule train_classifier:
     log:
         "results/{experiment}/logs/train_classifier.log",
     shell:
-        "expertmerge train-classifier {params.arguments} --threads {threads} --out {params.stem} > {log} 2>&1"
+        "expertmerge train-classifier {params.arguments} --threads {threads} --out {params.stem:q} > {log:q} 2>&1"
 
 
 rule reference_statistics:
@@ -35,7 +35,7 @@ rule reference_statistics:
     log:
         "results/{experiment}/logs/reference_statistics.log",
     shell:
-        "expertmerge reference-stats {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge reference-stats {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule fid:
@@ -52,4 +52,4 @@ rule fid:
     log:
         "results/{experiment}/logs/fid/{sampler}/{eta}.log",
     shell:
-        "expertmerge fid --reference {input.reference} --shards {input.shards} --out {output} > {log} 2>&1"
+        "expertmerge fid --reference {input.reference:q} --shards {input.shards:q} --out {output:q} > {log:q} 2>&1"

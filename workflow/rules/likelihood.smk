@@ -17,7 +17,7 @@ rule nll_shard:
     log:
         "results/{experiment}/logs/nll/{eta}/shard{shard}.log",
     shell:
-        "expertmerge nll {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge nll {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule vlb_run:
@@ -34,4 +34,4 @@ rule vlb_run:
     log:
         "results/{experiment}/logs/vlb/{eta}/{runs}.log",
     shell:
-        "expertmerge vlb {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge vlb {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ rule paper_table:
     log:
         "results/paper/logs/table{number}.log",
     shell:
-        "expertmerge paper-table {params.arguments} --out {output.csv} > {log} 2>&1"
+        "expertmerge paper-table {params.arguments} --out {output.csv:q} > {log:q} 2>&1"
 
 
 rule literature_table:
@@ -45,4 +45,4 @@ rule literature_table:
     log:
         "results/paper/logs/table{number}.log",
     shell:
-        "expertmerge literature-table {params.arguments} --out {output.csv} > {log} 2>&1"
+        "expertmerge literature-table {params.arguments} --out {output.csv:q} > {log:q} 2>&1"

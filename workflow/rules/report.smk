@@ -15,7 +15,7 @@ rule table1:
     log:
         "results/{experiment}/logs/table1.log",
     shell:
-        "expertmerge table --table 1 --inputs {input} --out {output.csv} > {log} 2>&1"
+        "expertmerge table --table 1 --inputs {input:q} --out {output.csv:q} > {log:q} 2>&1"
 
 
 rule table2:
@@ -31,7 +31,7 @@ rule table2:
     log:
         "results/{experiment}/logs/table2.log",
     shell:
-        "expertmerge table --table 2 --inputs {input} --out {output.csv} > {log} 2>&1"
+        "expertmerge table --table 2 --inputs {input:q} --out {output.csv:q} > {log:q} 2>&1"
 
 
 rule table4:
@@ -50,7 +50,8 @@ rule table4:
     params:
         arguments=lambda w, input: rule_arguments.table4_arguments(input.predicted),
     shell:
-        "expertmerge table --table 4 --inputs {input.vlb} {params.arguments} --out {output.csv} > {log} 2>&1"
+        "expertmerge table --table 4 --inputs {input.vlb:q} {params.arguments} --out {output.csv:q}"
+        " > {log:q} 2>&1"
 
 
 rule figure_tradeoff:
@@ -69,8 +70,8 @@ rule figure_tradeoff:
     params:
         arguments=lambda w: rule_arguments.figure_tradeoff_arguments(config, w.experiment),
     shell:
-        "expertmerge figure-tradeoff --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.arguments}"
-        " --out {output.png} > {log} 2>&1"
+        "expertmerge figure-tradeoff --nll {input.nll:q} --vlb {input.vlb:q} --fid {input.fid:q} {params.arguments}"
+        " --out {output.png:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -92,8 +93,8 @@ rule summary:
         arguments=lambda w, input: rule_arguments.summary_arguments(config, w.experiment, input.profile,
                                                                     input.predicted),
     shell:
-        "expertmerge summary --nll {input.nll} --vlb {input.vlb} --fid {input.fid} {params.arguments}"
-        " --out {output.md} > {log} 2>&1"
+        "expertmerge summary --nll {input.nll:q} --vlb {input.vlb:q} --fid {input.fid:q} {params.arguments}"
+        " --out {output.md:q} > {log:q} 2>&1"
 
 
 rule figure_fixed_noise:
@@ -110,8 +111,8 @@ rule figure_fixed_noise:
     log:
         "results/{experiment}/logs/figure_fixed_noise.log",
     shell:
-        "expertmerge figure-grid {params.arguments} --shards {input}"
-        " --out {output.png} > {log} 2>&1"
+        "expertmerge figure-grid {params.arguments} --shards {input:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
 
 
 rule figure_samples:
@@ -128,7 +129,7 @@ rule figure_samples:
     log:
         "results/{experiment}/logs/figure_samples/{sampler}.log",
     shell:
-        "expertmerge figure-grid {params.arguments} --shards {input} --out {output.png} > {log} 2>&1"
+        "expertmerge figure-grid {params.arguments} --shards {input:q} --out {output.png:q} > {log:q} 2>&1"
 
 
 rule figure_fid_vs_nfe:
@@ -145,4 +146,4 @@ rule figure_fid_vs_nfe:
     log:
         "results/{experiment}/logs/figure_fid_vs_nfe.log",
     shell:
-        "expertmerge figure-fid-vs-nfe --fid {input} {params.arguments} --out {output.png} > {log} 2>&1"
+        "expertmerge figure-fid-vs-nfe --fid {input:q} {params.arguments} --out {output.png:q} > {log:q} 2>&1"

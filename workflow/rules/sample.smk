@@ -17,4 +17,4 @@ rule sample_shard:
     log:
         "results/{experiment}/logs/sample/{sampler}/{eta}/shard{shard}.log",
     shell:
-        "expertmerge sample {params.arguments} --threads {threads} --out {output} > {log} 2>&1"
+        "expertmerge sample {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"

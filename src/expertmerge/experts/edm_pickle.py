@@ -12,18 +12,22 @@ allow-list), each mapped to a function of this module or to a data type:
   and the pickled `__dict__`; the module source is dropped unread;
 * tensors are rebuilt here from storages that `torch.load(weights_only=True)` decodes (torch's own
   restricted unpickler, which allows the `torch.FloatStorage`-style storage classes of the legacy
-  format), with their bounds checked; `requires_grad` and hooks are dropped;
+  format), as views that must neither overlap themselves nor leave their storage, so a tensor has
+  no more elements than its storage holds; `requires_grad` and hooks are dropped;
 * `OrderedDict`, `numpy.dtype` (from a string) and numpy scalars of non-object dtypes are data.
 
 Every other global raises `RefusedGlobalError` (of `safe_pickle`). The remaining pickle opcodes
-only build lists, dicts, tuples, strings and numbers, or call what `find_class` returned (and
-BUILD calls `__setstate__` of objects made that way), so nothing from the file can run.
+only build lists, dicts, tuples, strings and numbers, or call what `find_class` returned; BUILD
+(state) reaches only `PickledObject`s (their `__dict__`) and a numpy dtype's own state, and raises
+`RefusedStateError` on anything else, tensors included (`Tensor.__setstate__` calls `set_()`,
+which would skip the checks above). So nothing from the file can run.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,16 +86,34 @@ def _naturals(values) -> bool:
     return isinstance(values, tuple) and all(type(v) is int and v >= 0 for v in values)
 
 
+def _check_view(storage, offset, size, stride):
+    """Refuse a view that overlaps itself or leaves `storage`: the copy made later allocates every element."""
+    what = f"tensor of size {size}, stride {stride}, offset {offset}"
+    numel = storage._untyped_storage.nbytes() // storage.dtype.itemsize
+    if math.prod(size) > numel - offset:  # more elements than the storage holds can only be repeats or overruns
+        raise pickle.UnpicklingError(f"{what} has {math.prod(size)} elements: exceeds its storage of {numel} elements")
+    if not all(size):  # empty: reads nothing
+        return
+    reach = 1  # how many elements the dimensions of smaller stride span
+    for s, n in sorted((s, n) for n, s in zip(size, stride) if n > 1):  # dimensions of size 1 never step
+        if s == 0:  # would repeat one element: a few stored bytes could claim terabytes
+            raise pickle.UnpicklingError(f"{what} repeats elements (stride 0 on a dimension of size {n})")
+        if s < reach:  # a step inside the faster dimensions' span lands on elements already in the view
+            raise pickle.UnpicklingError(f"{what} overlaps itself (stride {s} < {reach}, the span of its faster dimensions)")
+        reach += (n - 1) * s
+    if offset + reach > numel:  # the last element must lie inside the storage
+        raise pickle.UnpicklingError(f"{what} reaches element {offset + reach - 1}: exceeds its storage of {numel} elements")
+
+
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     """Stands in for `torch._utils._rebuild_tensor_v2`: a view of `storage`, checked to lie inside it."""
     if not (isinstance(storage, torch.storage.TypedStorage) and type(offset) is int and offset >= 0
             and _naturals(size) and _naturals(stride) and len(size) == len(stride)):
-        raise pickle.UnpicklingError(f"malformed tensor: offset {offset!r}, size {size!r}, stride {stride!r}")
+        raise pickle.UnpicklingError(f"malformed tensor: offset {offset!r}, size {size!r}, stride {stride!r} "
+                                     "(a storage and non-negative ints, one stride per dimension)")
     if metadata:
         raise pickle.UnpicklingError(f"tensor metadata {metadata!r} is not supported (plain CPU tensors only)")
-    numel = storage._untyped_storage.nbytes() // storage.dtype.itemsize
-    if all(size) and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= numel:
-        raise pickle.UnpicklingError(f"tensor of size {size}, stride {stride}, offset {offset} exceeds its storage of {numel} elements")
+    _check_view(storage, offset, size, stride)
     return torch.tensor([], dtype=storage.dtype).set_(storage._untyped_storage, offset, size, stride)
 
 
@@ -129,6 +151,15 @@ ALLOWED_GLOBALS = {
 
 class _EDMUnpickler(safe_pickle.Unpickler):
     allowed, kind = ALLOWED_GLOBALS, "an EDM network pickle"
+    stateful = (PickledObject, np.dtype)  # modules get their __dict__; numpy pickles a dtype with its state
+
+    def check_state(self, obj, state):
+        super().check_state(obj, state)
+        own = obj.__reduce__()[2] if isinstance(obj, np.dtype) else None
+        # other state could turn a dtype into one with object fields, any offsets or any item size
+        if own is not None and not (type(state) is tuple and len(state) == len(own)
+                                    and all(type(a) is type(b) and a == b for a, b in zip(state, own))):
+            raise safe_pickle.RefusedStateError(obj, self.kind, f"{obj!r} may take only its own state {own!r}")
 
 
 def _load(file) -> dict:

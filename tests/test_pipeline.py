@@ -150,3 +150,33 @@ def test_schema_rejects_bad_config(tmp_path, change, message):
     result = snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
+
+
+def test_a_killed_run_is_finished_by_a_plain_rerun(finished_run, tmp_path):
+    """SIGKILL of Snakemake and its jobs mid-run: after Snakemake's own `--unlock` (its lock message says so),
+    a plain `snakemake --cores all` re-runs what was cut off, with no --rerun-incomplete, and ends with the
+    same tables as an uninterrupted run."""
+    import signal
+    import time
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--cores", "2", "--forcerun", "vlb_run"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((workdir / ".snakemake" / "incomplete").glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until a job is running (Snakemake marks its outputs incomplete)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    locked = snakemake(workdir, check=False)
+    if locked.returncode != 0:  # the killed Snakemake's lock: its message says to unlock
+        assert "--unlock" in locked.stdout + locked.stderr
+        snakemake(workdir, "--unlock")
+    snakemake(workdir)  # a plain re-run
+    assert planned_jobs(workdir) == {}
+    for name in ("table1.csv", "table2.csv", "table4.csv"):
+        tables = [root / "results" / "digits" / "tables" / name for root in (finished_run, workdir)]
+        pd.testing.assert_frame_equal(*(pd.read_csv(path) for path in tables))

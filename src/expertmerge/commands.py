@@ -31,7 +31,7 @@ def require_suffix(out, suffix: str) -> None:
     from pathlib import Path
 
     if Path(out).suffix != suffix:
-        beside = {".png": "a .pdf", ".csv": "a .md and a .tex"}[suffix]
+        beside = {".png": "a .pdf", ".csv": "a .md and a .tex", ".md": "the claims as a .csv"}[suffix]
         raise ValueError(f"--out must end in {suffix} (the command writes {suffix} and {beside} beside it), got {out}")
 
 
@@ -121,11 +121,12 @@ def cmd_train_classifier(args):
 
 def cmd_reference_stats(args):
     from .datasets import split_images
+
+    images = split_images(args.data, args.split)  # before the imports below load torch: bad input fails at once
     from .devices import resolve_device
     from .features import load_feature_network
     from .frechet import save_statistics, statistics
 
-    images = split_images(args.data, args.split)
     network = load_feature_network(args.features_kind, args.features, resolve_device(args.device),
                                    args.features_checksum)
     mu, sigma = statistics(network(images))
@@ -208,8 +209,9 @@ def _seed_order(paths, shards):
     order = np.argsort(seeds, kind="stable")
     repeated = np.unique(seeds[order][1:][np.diff(seeds[order]) == 0])
     if len(repeated):
-        raise ValueError(f"the shards overlap: seed {repeated[0]} is in each of "
-                         f"{', '.join(paths[k] for k in owner[seeds == repeated[0]])} ({len(repeated)} seeds repeat); "
+        files = [paths[k] for k in owner[seeds == repeated[0]]]
+        raise ValueError(f"the shards overlap: seed {repeated[0]} is in each of {', '.join(files)} ({len(repeated)} "
+                         f"seeds repeat{'; a file is given twice' if len(set(files)) < len(files) else ''}); "
                          f"each seed must be sampled once")
     count = len(seeds)
     if not np.array_equal(seeds[order], np.arange(count)):
@@ -243,6 +245,7 @@ def _test_shard(args):
 
 
 def cmd_nll(args):
+    images, indices = _test_shard(args)  # before the imports below load torch: bad input fails at once
     import pandas as pd
 
     from .devices import resolve_device
@@ -250,7 +253,6 @@ def cmd_nll(args):
     from .pipeline import build_expert
     from .shards import write_csv
 
-    images, indices = _test_shard(args)
     device = resolve_device(args.device)
     expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
@@ -268,12 +270,13 @@ def cmd_nll(args):
 
 def cmd_vlb(args):
     from .datasets import split_images
+
+    images = split_images(args.data, args.split)  # before the imports below load torch: bad input fails at once
     from .devices import resolve_device
     from .likelihood import check_image_shape, vlb
     from .pipeline import build_expert
     from .shards import write_json
 
-    images = split_images(args.data, args.split)
     device = resolve_device(args.device)
     expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
@@ -289,11 +292,11 @@ def cmd_vlb(args):
 
 
 def cmd_table(args):
+    require_suffix(args.out, ".csv")
     from pathlib import Path
 
     from . import tables
 
-    require_suffix(args.out, ".csv")
     records = tables.load_records(*args.inputs)
     if args.predicted and args.table != 4:
         raise ValueError("--predicted adds the predicted VLB to Table 4 only")
@@ -304,24 +307,24 @@ def cmd_table(args):
 
 
 def cmd_paper_table(args):
+    require_suffix(args.out, ".csv")
     from pathlib import Path
 
     from . import tables
 
-    require_suffix(args.out, ".csv")
     records = {name: tables.load_records(*files) for name, *files in args.dataset}
     written = tables.write_table(tables.paper_table(args.table, records), Path(args.out).with_suffix(""))
     log.info("wrote %s", ", ".join(map(str, written)))
 
 
 def cmd_literature_table(args):
+    require_suffix(args.out, ".csv")
     from pathlib import Path
 
     import pandas as pd
 
     from . import literature, summary, tables
 
-    require_suffix(args.out, ".csv")
     groups = {kind: {dataset: files for dataset, *files in getattr(args, kind)} for kind in ("nll", "vlb", "fid")}
     if not (groups["nll"].keys() == groups["vlb"].keys() == groups["fid"].keys()):
         raise ValueError(f"--nll, --vlb and --fid must name the same data sets; got {[sorted(g) for g in groups.values()]}")
@@ -340,9 +343,9 @@ def cmd_literature_table(args):
 
 
 def cmd_figure_tradeoff(args):
+    require_suffix(args.out, ".png")
     from . import figures, tables
 
-    require_suffix(args.out, ".png")
     figures.tradeoff_figure(tables.load_records(*args.nll), tables.load_records(*args.vlb),
                             tables.load_records(*args.fid), args.out, fid_budget=args.recommend_fid_budget)
 
@@ -351,6 +354,8 @@ def cmd_summary(args):
     from pathlib import Path
 
     import pandas as pd
+
+    require_suffix(args.out, ".md")
 
     from . import summary, tables
     from .files import write_text
@@ -385,12 +390,12 @@ def cmd_summary(args):
 
 
 def cmd_figure_grid(args):
+    require_suffix(args.out, ".png")
     import numpy as np
 
     from . import figures
     from .shards import load_shard
 
-    require_suffix(args.out, ".png")
     shards = [load_shard(path, "images", "seeds") for path in args.shards]
     fewest = min(range(len(shards)), key=lambda k: len(shards[k]["images"]))
     if args.count > len(shards[fewest]["images"]):
@@ -408,7 +413,7 @@ def cmd_figure_grid(args):
 
 
 def cmd_figure_fid_vs_nfe(args):
+    require_suffix(args.out, ".png")
     from . import figures, tables
 
-    require_suffix(args.out, ".png")
     figures.fid_vs_nfe_figure(tables.load_records(*args.fid), args.out, etas=args.etas, title=args.title)

@@ -133,6 +133,18 @@ def load_splits(path) -> dict[str, np.ndarray]:
     return splits
 
 
+def split_images(path, split: str) -> np.ndarray:
+    """The images of one split of a splits .npz; refuses a split the file lacks and one with no images."""
+    splits = load_splits(path)
+    held = [name for name in SPLITS if name in splits]
+    if split not in held:
+        raise ValueError(f"{str(path)!r} has no split {split!r}; it holds the splits {', '.join(held)}")
+    if len(splits[split]) == 0:
+        raise ValueError(f"split {split!r} of {str(path)!r} holds no images; use one of "
+                         f"{', '.join(name for name in held if len(splits[name]))}")
+    return splits[split]
+
+
 def load_splits_meta(path) -> dict:
     """The JSON record (meta, sizes, indices) saved next to a splits .npz."""
     return json.loads(_sidecar(_check_npz_path(path)).read_text())
@@ -161,6 +173,7 @@ _CIFAR_GLOBALS = {
 
 class _ArrayUnpickler(safe_pickle.Unpickler):
     allowed, kind = _CIFAR_GLOBALS, "a CIFAR-10 data pickle"
+    stateful = (np.ndarray, np.dtype)  # numpy arrays are rebuilt with BUILD; nothing else takes state
 
 
 def load_array_pickle(data: bytes) -> object:

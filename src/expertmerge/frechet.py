@@ -28,8 +28,11 @@ def save_statistics(path, mu: np.ndarray, sigma: np.ndarray, *, num_images: int 
 
 
 def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return data["mu"], data["sigma"]
+    """(mu, sigma) saved by `save_statistics`; a ValueError naming the file if it is not such an .npz."""
+    from .shards import load_arrays
+
+    data = load_arrays(path, ["mu", "sigma"], "FID reference statistics")
+    return data["mu"], data["sigma"]
 
 
 class FrechetReference:

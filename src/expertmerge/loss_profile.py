@@ -21,7 +21,7 @@ import torch
 
 from .experts.base import check_expert
 from .images import from_uint8
-from .likelihood import denoising_error, prior_kl, reconstruction_nll
+from .likelihood import check_image_shape, denoising_error, prior_kl, reconstruction_nll
 from .noise import gamma_to_noise_level
 from .seeding import per_image_draw, per_image_generators
 
@@ -60,6 +60,7 @@ def loss_profile_of_data(expert, data: torch.Tensor, gammas, *, seeds=None, eval
     called after each batch of images.
     """
     check_expert(expert)
+    check_image_shape(expert, data.shape[1:])
     gammas = np.asarray(gammas, dtype=np.float64).reshape(-1)
     evaluate = np.ones(len(gammas), bool) if evaluate is None else np.asarray(evaluate, dtype=bool).reshape(-1)
     if evaluate.shape != gammas.shape:

@@ -18,6 +18,17 @@ def merged_range(experts: Sequence) -> tuple[float, float]:
     return min(float(e.gamma_min) for e in experts), max(float(e.gamma_max) for e in experts)
 
 
+def common_image_shape(experts: Sequence) -> tuple | None:
+    """The (C, H, W) that experts recording an `image_shape` work on (None if none does); a merge of
+    experts made for different shapes is refused."""
+    shapes = {tuple(map(int, e.image_shape)) for e in experts if getattr(e, "image_shape", None) is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"the experts work on images of different shapes "
+                         f"{', '.join('x'.join(map(str, shape)) for shape in sorted(shapes))} (C x H x W); "
+                         f"a merge needs experts of one shape")
+    return shapes.pop() if shapes else None
+
+
 def eta_range(quality, likelihood) -> tuple[float, float]:
     """Feasible (eta_min, eta_max) for switching from `quality` (high noise) to `likelihood` (Eq. 15).
 
@@ -44,6 +55,7 @@ class PiecewiseExpert(Expert):
     def __init__(self, experts: Sequence, boundaries: Sequence[float]):
         self.experts, self.boundaries = list(experts), [float(b) for b in boundaries]
         self.gamma_min, self.gamma_max = merged_range(self.experts)
+        self.image_shape = common_image_shape(self.experts)
 
     @property
     def pieces(self) -> list[tuple[float, float, object]]:
@@ -98,6 +110,7 @@ class BlendedExpert(Expert):
     def __init__(self, low, high, gamma_lo: float, gamma_hi: float):
         self.low, self.high, self.gamma_lo, self.gamma_hi = low, high, float(gamma_lo), float(gamma_hi)
         self.gamma_min, self.gamma_max = merged_range([low, high])
+        self.image_shape = common_image_shape([low, high])
 
     def _denoise(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         weight = ((2 * torch.log(s) - self.gamma_lo) / (self.gamma_hi - self.gamma_lo)).clamp(0, 1)

@@ -319,7 +319,11 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=No
     names = {role: stem.name for role, stem in stems.items()}
     loaded = {role: load_expert(stem, device) for role, stem in stems.items()
               if str(label) not in names.values() or names[role] == str(label)}
-    shape = tuple(next(iter(loaded.values())).image_shape)
+    shapes = {role: getattr(expert, "image_shape", None) for role, expert in loaded.items()}
+    if any(shape is None for shape in shapes.values()):
+        raise ValueError(f"the checkpoint of the {[role for role, s in shapes.items() if s is None][0]} expert records "
+                         "no image_shape (C, H, W); re-import it with --image-shape")
+    shape = tuple(next(iter(shapes.values())))
     if len(loaded) == 1:
         (role, expert), = loaded.items()
         choice = resolve_eta(label, names, 0.0, 1.0)

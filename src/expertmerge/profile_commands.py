@@ -4,15 +4,15 @@ expert's L(gamma), the VLB it predicts for every merge (Eq. 6-7), and their figu
 """
 from __future__ import annotations
 
-from .commands import Progress, log
+from .commands import Progress, log, require_suffix
 
 
 def _selected_images(args):
     """The profile's images: --images of the split (all by default), chosen by --seed; and their indices."""
-    from .datasets import load_splits
+    from .datasets import split_images
     from .loss_profile import selection_images
 
-    images = load_splits(args.data)[args.split]
+    images = split_images(args.data, args.split)
     indices = selection_images(len(images), args.images, args.seed)
     return images[indices], indices
 
@@ -25,6 +25,7 @@ def cmd_loss_profile(args):
 
     from .devices import resolve_device
     from .experts.checkpoint import load_expert
+    from .likelihood import check_image_shape
     from .loss_profile import diffusion_term_bpd, in_range, loss_profile, profile_grid, profile_records
     from .merge import eta_range, merged_range
     from .seeding import run_seeds
@@ -32,14 +33,19 @@ def cmd_loss_profile(args):
 
     if not 0 <= args.shard < args.shards:
         raise ValueError(f"--shard must be in 0..{args.shards - 1} for --shards {args.shards}, got {args.shard}")
+    images, indices = _selected_images(args)
+    if args.shards > len(indices):
+        raise ValueError(f"--shards must be in 1..{len(indices)} (each shard needs at least one of the {len(indices)} "
+                         f"selected images), got {args.shards}")
     device = resolve_device(args.device)
     stems = {"quality": Path(args.quality), "likelihood": Path(args.likelihood)}
     experts = {role: load_expert(stem, device) for role, stem in stems.items()}
+    for role, expert in experts.items():  # both before either runs; uint8 images are [N, H, W, C]
+        check_image_shape(expert, (images.shape[3], *images.shape[1:3]), f"the {role} expert {stems[role].name}")
     gamma_0, gamma_1 = merged_range(list(experts.values()))  # one grid over the union of both ranges
     eta_min, eta_max = eta_range(experts["quality"], experts["likelihood"])
     ends = [end for expert in experts.values() for end in (expert.gamma_min, expert.gamma_max)]
     grid = np.union1d(profile_grid(gamma_0, gamma_1, args.points), ends)  # each range's ends, for its integral
-    images, indices = _selected_images(args)
     part = np.array_split(np.arange(len(indices)), args.shards)[args.shard]  # equal shards of the selection
     images, indices = images[part], indices[part]
     seeds = run_seeds(args.seed, indices)  # image j's noise depends on j only; both experts see the same noise
@@ -130,12 +136,14 @@ def cmd_predict_vlb(args):
 
 
 def cmd_figure_predicted_vlb(args):
+    require_suffix(args.out, ".png")
     from . import figures, tables
 
     figures.predicted_vlb_figure(tables.load_records(*args.vlb), tables.load_records(args.predicted), args.out)
 
 
 def cmd_figure_loss_profile(args):
+    require_suffix(args.out, ".png")
     import pandas as pd
 
     from . import figures

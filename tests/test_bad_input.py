@@ -236,3 +236,25 @@ def test_split_images_names_the_file_and_its_splits(tiny):
         split_images(tiny / "digits.npz", "nosuch")
     with pytest.raises(ValueError, match=r"split 'val' of .*empty.npz' holds no images"):
         split_images(tiny / "empty.npz", "val")
+
+
+# A broken expert: every command that runs it stops, naming the expert, the images and the noise level.
+
+@pytest.mark.parametrize("sampler", ["ode", "ancestral", "heun"])
+def test_a_nan_expert_stops_every_sampler_with_one_line(tiny, tmp_path, sampler):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "experts"
+    broken.mkdir()
+    for name in ("edm", "vdm"):
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(tiny / f"{name}{suffix}", broken / f"{name}{suffix}")
+    weights = load_file(str(broken / "vdm.safetensors"))
+    weights = {key: np.full_like(value, np.nan) if value.dtype.kind == "f" else value for key, value in weights.items()}
+    save_file(weights, str(broken / "vdm.safetensors"))
+    steps = [] if sampler == "ode" else ["--steps", 4]
+    fails(tmp_path / "out" / "shard.npz", "sample", *experts(broken), "--sampler", sampler, *steps, "--seeds", "3:5",
+          "--features", tiny / "edm", "--features-kind", "digits-classifier",
+          words=["FloatingPointError", "of the expert vdm", "is NaN or Inf for images [3, 4] at noise level"])

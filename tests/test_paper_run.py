@@ -48,7 +48,7 @@ def tiny_experiment(data, edm_download):
         "etas": ["edm", 0.5, "vdm"],
         "sampling": {"num_samples": 10, "shard_size": 10, "batch_size": 10, "ode": {"rtol": 1e-2, "atol": 1e-2},
                      "ancestral": {"steps": 4}},
-        "nll": {"rtol": 1e-2, "atol": 1e-2, "dequantization": "tn", "shards": 1, "batch_size": 10, "images": 3},
+        "nll": {"rtol": 1e-2, "atol": 1e-2, "dequantization": "tn", "shards": 1, "batch_size": 10, "images": 2},
         "vlb": {"runs": 2},
         "figures": {"fixed_noise_rows": 2, "grid_samples": 4},
     }

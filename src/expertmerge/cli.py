@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from . import commands, profile_commands
+from . import commands, profile_commands, report_commands
 from .experts.registry import family_names, import_formats
 
 log = logging.getLogger("expertmerge")
@@ -256,17 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--etas", nargs="+", required=True, help="eta labels, as config.yaml's etas")
     sub.add_argument("--switches", default=None, help="eta auto: the auto-switch .json")
 
-    sub = command("table", commands.cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
+    sub = command("table", report_commands.cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
     sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
     sub.add_argument("--inputs", nargs="+", required=True)
     sub.add_argument("--predicted", default=None, help="Table 4: a predict-vlb .csv, shown beside the measured VLB")
 
-    sub = command("paper-table", commands.cmd_paper_table, "Table 1, 2 or 4 with the data sets side by side", "table .csv path")
+    sub = command("paper-table", report_commands.cmd_paper_table, "Table 1, 2 or 4 with the data sets side by side", "table .csv path")
     sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
     sub.add_argument("--dataset", nargs="+", action="append", required=True, metavar="NAME FILE",
                      help="a data set's column title, then its result files (repeat per data set, in column order)")
 
-    sub = command("literature-table", commands.cmd_literature_table, "Table 3 or 5: the paper's literature rows and ours",
+    sub = command("literature-table", report_commands.cmd_literature_table, "Table 3 or 5: the paper's literature rows and ours",
                   "table .csv path")
     sub.add_argument("--table", type=int, choices=[3, 5], required=True)
     for flag, what in (("--nll", "per-image ODE NLL .csv"), ("--vlb", "per-run VLB .json"), ("--fid", "FID .json")):
@@ -276,14 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per data set: add the merge with the best ODE NLL whose ODE FID <= (1 + DELTA) x the "
                           "quality expert's (default DELTA 0.05)")
 
-    sub = command("figure-tradeoff", commands.cmd_figure_tradeoff, "Fig. 2: NLL and FID against eta", "figure .png path")
+    sub = command("figure-tradeoff", report_commands.cmd_figure_tradeoff, "Fig. 2: NLL and FID against eta", "figure .png path")
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
     sub.add_argument("--recommend-fid-budget", type=float, default=0.05, metavar="DELTA",
                      help="mark the ODE FID limit (1 + DELTA) x the quality expert's and the merge with the best "
                           "ODE NLL within it")
 
-    sub = command("figure-fid-vs-nfe", commands.cmd_figure_fid_vs_nfe,
+    sub = command("figure-fid-vs-nfe", report_commands.cmd_figure_fid_vs_nfe,
                   "FID against NFE: Heun at each step count, the adaptive ODE as a marker, per eta", "figure .png path")
     sub.add_argument("--fid", nargs="+", required=True, help="FID .json files of every sampler")
     sub.add_argument("--etas", nargs="+", required=True, help="the eta labels to draw")
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--vlb", nargs="+", required=True, help="per-run VLB .json files")
     sub.add_argument("--predicted", required=True, help="a predict-vlb .csv")
 
-    sub = command("summary", commands.cmd_summary, "every eta's NLL, FID and VLB, and the paper's claims checked",
+    sub = command("summary", report_commands.cmd_summary, "every eta's NLL, FID and VLB, and the paper's claims checked",
                   "summary .md path (the claims also as .csv beside it)")
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recommend the merge with the best ODE NLL whose ODE FID <= (1 + DELTA) x the quality "
                           "expert's (separate from --fid-budget, the paper's claim)")
 
-    sub = command("figure-grid", commands.cmd_figure_grid, "Fig. 3 (fixed noise) or Figs. 6-7 (samples) per eta",
+    sub = command("figure-grid", report_commands.cmd_figure_grid, "Fig. 3 (fixed noise) or Figs. 6-7 (samples) per eta",
                   "figure .png path")
     sub.add_argument("--kind", choices=["fixed-noise", "samples"], required=True)
     sub.add_argument("--count", type=positive_int, required=True, help="rows (fixed-noise) or samples per panel")

@@ -59,17 +59,21 @@ def test_merging_an_expert_with_itself_changes_nothing(gaussian):
     torch.testing.assert_close(sample_ode(merged, seeds, SHAPE).x, sample_ode(gaussian, seeds, SHAPE).x)
     torch.testing.assert_close(sample_ancestral(merged, seeds, SHAPE, steps=64).x,
                                sample_ancestral(gaussian, seeds, SHAPE, steps=64).x)
-    levels = heun_noise_levels(merged)  # the switch level is an extra step boundary
+    levels = heun_noise_levels(merged, schedule="inserted")  # the switch level is an extra step boundary
     assert len(levels) == 20
-    torch.testing.assert_close(sample_heun(merged, seeds, SHAPE).x,
+    torch.testing.assert_close(sample_heun(merged, seeds, SHAPE, schedule="inserted").x,
                                sample_heun(gaussian, seeds, SHAPE, noise_levels=levels).x)
+    split = heun_noise_levels(merged)  # the default: the switch takes a level's place
+    assert len(split) == 19
+    torch.testing.assert_close(sample_heun(merged, seeds, SHAPE).x,
+                               sample_heun(gaussian, seeds, SHAPE, noise_levels=split).x)
 
 
 def test_heun_steps_never_straddle_the_switch(gaussian):
     quality, likelihood = Spy(gaussian), Spy(GaussianExpert(gaussian.mean, gaussian.cov, -13.3, 5.0))
     merged = switch(quality, likelihood, 0.5)
     gamma_eta = -13.3 + 0.5 * (8.764 + 13.3)
-    record = sample_heun(merged, range(3), SHAPE)
+    record = sample_heun(merged, range(3), SHAPE, schedule="inserted")
     assert min(quality.gammas) >= gamma_eta - 1e-9 and max(likelihood.gammas) <= gamma_eta + 1e-9
     assert any(abs(g - gamma_eta) < 1e-9 for g in quality.gammas)     # a step ends at the switch...
     assert any(abs(g - gamma_eta) < 1e-9 for g in likelihood.gammas)  # ...and the next starts there

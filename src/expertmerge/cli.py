@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
                      help="ode: how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
     sub.add_argument("--clip-denoised", action="store_true", help="ancestral: clip D to [-1, 1] (VDM's clip_samples)")
-    sub.add_argument("--schedule", choices=["inserted", "split"], default="inserted",
+    sub.add_argument("--schedule", choices=["inserted", "split"], default="split",
                      help="heun: a merge's switch added to EDM's levels (inserted), or taking one level's place (split)")
     sub.add_argument("--batch-size", type=positive_int, default=500)
     _features(sub)

@@ -141,7 +141,7 @@ def _rho_levels(s_from: float, s_to: float, count: int, rho: float) -> list[floa
     return [(a + i / count * (b - a)) ** rho for i in range(count + 1)]
 
 
-def heun_noise_levels(expert, steps: int = 18, rho: float = 7.0, schedule: str = "inserted") -> list[float]:
+def heun_noise_levels(expert, steps: int = 18, rho: float = 7.0, schedule: str = "split") -> list[float]:
     """EDM's time steps (Eq. 5 of Karras et al.) on the expert's range, then 0; a merged expert's switch
     levels become step boundaries, so that no step straddles two experts. `schedule` says how:
     "inserted" adds each switch to EDM's `steps` levels (2 more NFE per switch); "split" keeps `steps`
@@ -178,7 +178,7 @@ def _step_expert(expert, gamma_from: float):
     return pieces(expert)[0][2]
 
 
-def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, schedule: str = "inserted",
+def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, schedule: str = "split",
                 noise_levels=None, batch_size: int = 64, device=None) -> SampleRecord:
     """EDM Algorithm 1 (deterministic Heun, rho = 7); no step straddles two experts. As NVlabs' `edm_sampler`,
     it starts from x = s_max n (not the VP prior's sqrt(1 + s_max^2) n) and keeps its state in float64.

@@ -308,3 +308,23 @@ def test_wrong_checksum_is_refused_before_unpickling(tmp_path, persistence, monk
     monkeypatch.setattr("expertmerge.experts.edm_pickle._EDMUnpickler.load", lambda self: pytest.fail("unpickled"))
     with pytest.raises(ChecksumError, match="expected 0{64}"):
         read_edm_snapshot(path, expected_sha256="0" * 64)
+
+
+def test_the_cli_refuses_a_hostile_pickle_in_one_line(tmp_path, persistence, clean_environment):
+    """import-expert of a pickle that names os.system: one line naming the refused global, nothing run or written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(dict(ema=torch.nn.ModuleDict(), extra=[SystemCall(marker)])))
+    out = tmp_path / "out" / "edm"
+    result = subprocess.run([str(Path(sys.executable).parent / "expertmerge"), "import-expert", "--format", "edm-pickle",
+                             "--input", str(path), "--family", "edm", "--gamma-min", "-12.43", "--gamma-max", "8.764",
+                             "--image-shape", "3", "32", "32", "--out", str(out)],
+                            capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "RefusedGlobalError" in errors[0] and "system" in errors[0]
+    assert not marker.exists() and not list((tmp_path / "out").glob("*"))

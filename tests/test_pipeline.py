@@ -180,3 +180,14 @@ def test_a_killed_run_is_finished_by_a_plain_rerun(finished_run, tmp_path):
     for name in ("table1.csv", "table2.csv", "table4.csv"):
         tables = [root / "results" / "digits" / "tables" / name for root in (finished_run, workdir)]
         pd.testing.assert_frame_equal(*(pd.read_csv(path) for path in tables))
+
+
+def test_a_schema_error_says_what_and_where_in_a_few_lines(tmp_path):
+    """Not the whole schema (jsonschema appends it: hundreds of lines at the top level)."""
+    config = reduced_config()
+    config["bogus"] = 1
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "'bogus' was unexpected" in text and "at the top level of config.yaml" in text
+    assert len(text.splitlines()) < 20 and "Failed validating" not in text, text

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .loss_profile import piece_integral
 from .noise import linear_gamma_time
 
 BITS = 1 / (2 * math.log(2))  # bits/dim of the VLB per unit of int L dgamma (Eq. 7)
@@ -46,18 +47,9 @@ class Selection:
         return [("likelihood", "quality")[k % 2] for k in range(len(self.chosen.switches) + 1)]
 
 
-def _interp(nodes, gammas, values) -> np.ndarray:
-    return np.interp(nodes, gammas, values)
-
-
 def _segment_integrals(breaks, gammas, values) -> np.ndarray:
     """int of the piecewise-linear interpolant of `values` over each [breaks[j], breaks[j+1]]."""
-    integrals = []
-    for lo, hi in zip(breaks[:-1], breaks[1:]):
-        nodes = np.concatenate([[lo], gammas[(gammas > lo) & (gammas < hi)], [hi]])
-        v = _interp(nodes, gammas, values)
-        integrals.append(float(((v[1:] + v[:-1]) / 2 * np.diff(nodes)).sum()))
-    return np.array(integrals)
+    return np.array([piece_integral(gammas, values, lo, hi) for lo, hi in zip(breaks[:-1], breaks[1:])])
 
 
 def _zeros(gammas, difference) -> list[float]:

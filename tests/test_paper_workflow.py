@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import persistence_module
+from safetensors.torch import load_file
 from test_datasets import write_cifar_tarball
 from test_imports import SMALL_DDPMPP, nvlabs_pickle, randomized
 from test_pipeline import BASE, REPO, planned_jobs, snakemake, write_config
@@ -30,7 +31,8 @@ def test_experts_target_plans_every_paper_job(tmp_path):
         "fetch": 4,            # CIFAR-10 tarball, two ImageNet32 tars, the EDM pickle
         "dataset": 3,          # digits, cifar10, imagenet32
         "import_expert": 1,    # EDM CIFAR-10 from NVlabs' pickle
-        "train_recipe": 3,     # VDM CIFAR-10, VDM ImageNet32, EDM ImageNet32
+        "train_recipe": 3,     # VDM CIFAR-10, VDM ImageNet32, EDM ImageNet32: the last job of each chain
+        "train_recipe_chunk": 7 + 24 + 4,  # the jobs before it: 10M / 1.25M, 2M / 80k, 976,563 / 200k steps
         "train_expert": 2,     # the demo's two experts
         "experts": 1,
     }
@@ -91,6 +93,33 @@ def test_small_paper_experts_are_built_from_local_files(tmp_path, small_paper_co
     assert (tmp_path / "results/tiny/training/vdm/training-state.pt").is_file()  # what a re-run resumes from
     assert not (sources / "executed").exists()
     assert planned_jobs(tmp_path, *TINY_EXPERTS) == {}  # nothing left to do
+
+
+def test_a_recipe_longer_than_one_job_trains_as_a_chain_equal_to_one_run(tmp_path, small_paper_config):
+    """steps_per_job 2 of 5 steps: jobs to steps 2 and 4, then the last one; each hands its training state
+    to the next, which removes it once used. The expert equals one uninterrupted `train-recipe`."""
+    config, _, _ = small_paper_config
+    config = copy.deepcopy(config)
+    config["experiments"]["tiny"]["experts"]["vdm"]["recipe"].update(max_steps=5, steps_per_job=2)
+    write_config(tmp_path, config)
+    target = TINY_EXPERTS[1]
+    assert planned_jobs(tmp_path, target) == {"fetch": 1, "dataset": 1, "train_recipe_chunk": 2, "train_recipe": 1}
+    snakemake(tmp_path, target)
+    logs = tmp_path / "results/tiny/logs/train_recipe"
+    assert "resuming from step 2 of 5 (this job stops at 4)" in (logs / "vdm-4.log").read_text()
+    assert "resuming from step 4 of 5 (this job stops at 5)" in (logs / "vdm.log").read_text()
+    assert not list((tmp_path / "results/tiny/training/vdm").glob("state-*.pt"))  # temporary: used up
+    recipe = config["experiments"]["tiny"]["experts"]["vdm"]["recipe"]
+    whole = subprocess.run([str(BIN), "train-recipe", "--recipe", "vdm-cifar10", "--family", "vdm", "--gamma-min",
+                            "-13.3", "--gamma-max", "5", "--data", str(tmp_path / "results/tiny/data/splits.npz"),
+                            "--workdir", str(tmp_path / "whole"), "--max-steps", "5", "--batch-size", "2",
+                            "--network", json.dumps(recipe["network"]), "--out", str(tmp_path / "whole/vdm")],
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    chained, single = (load_file(f"{stem}.safetensors") for stem in (tmp_path / target.removesuffix(".safetensors"),
+                                                                      tmp_path / "whole/vdm"))
+    assert chained.keys() == single.keys() and all(torch.equal(chained[key], single[key]) for key in chained)
+    assert planned_jobs(tmp_path, target) == {}
 
 
 def test_checksum_mismatch_fails_and_leaves_no_output(tmp_path, small_paper_config):
@@ -191,7 +220,7 @@ def test_bad_paper_config_is_refused_when_planning(tmp_path, change, message):
 
 PAPER_JOBS = {
     "fetch": 5,                 # CIFAR-10, two ImageNet32 tars, the EDM pickle, the Inception weights
-    "dataset": 2, "import_expert": 1, "train_recipe": 3, "reference_statistics": 2,
+    "dataset": 2, "import_expert": 1, "train_recipe": 3, "train_recipe_chunk": 35, "reference_statistics": 2,
     "sample_shard": 1300,       # 2 data sets x 5 samplers (ODE, ancestral, Heun 5/9/18) x 13 etas (the paper's 12
                                 # and auto) x 10 shards of 5000
     "nll_shard": 780,           # 13 etas x (CIFAR-10: 10, ImageNet32: 50) shards of 1000 test images
@@ -202,7 +231,7 @@ PAPER_JOBS = {
     "loss_profile_shard": 20,   # eta auto's input: 2 x 10 shards of the 10,000 selection images (train)
     "loss_profile": 2, "auto_switch": 2, "predict_vlb": 2, "figure_loss_profile": 2, "figure_predicted_vlb": 2,
 }
-GPU_RULES = {"reference_statistics", "train_recipe", "sample_shard", "nll_shard", "vlb_run", "loss_profile_shard"}
+GPU_RULES = {"reference_statistics", "train_recipe", "train_recipe_chunk", "sample_shard", "nll_shard", "vlb_run", "loss_profile_shard"}
 
 
 def dry_run_jobs(workdir, *args, cwd=None):
@@ -235,9 +264,9 @@ def test_slurm_profile_plans_the_same_jobs_and_gives_gpus_to_gpu_rules_only(tmp_
         counts[rule] = counts.get(rule, 0) + 1
         gpus = re.search(r"\bgpu=(\d+)", resources)
         assert (rule in GPU_RULES) == bool(gpus), (rule, resources)
-        if rule == "train_recipe":
-            assert gpus[1] == "8" and "runtime=2880" in resources
-        if rule in GPU_RULES - {"train_recipe"}:
+        if rule.startswith("train_recipe"):  # every job of a training chain on 8 GPUs of one node
+            assert gpus[1] == "8" and "runtime=2880" in resources and re.search(r"\bnodes=1\b", resources)
+        if rule in GPU_RULES - {"train_recipe", "train_recipe_chunk"}:
             assert gpus[1] == "1" and "slurm_partition=<gpu-partition>" in resources
     assert counts == PAPER_JOBS
 

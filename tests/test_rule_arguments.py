@@ -14,7 +14,8 @@ from snakemake.utils import validate
 from expertmerge import rule_arguments
 from expertmerge.cli import build_parser
 from expertmerge.pipeline import (IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, has_analysis,
-                                  numeric_etas, sampler_names, shard_ranges, vlb_job_name, vlb_job_runs)
+                                  numeric_etas, sampler_names, shard_ranges, vlb_job_name, vlb_job_runs, training_chunk_stops,
+                                  training_state_path)
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = "results/some/data/splits.npz"
@@ -106,6 +107,22 @@ def test_train_recipe(name, expert):
                                                                    recipe["log_every"])
     assert (args.max_steps, args.batch_size, args.network) == (recipe.get("max_steps"), recipe.get("batch_size"),
                                                                 recipe.get("network"))
+
+
+@pytest.mark.parametrize("name, expert", experts_with("recipe"))
+def test_train_recipe_chain(name, expert):
+    """Every job of a training chain but the last stops at its step and hands on its state to the next."""
+    stops = training_chunk_stops(CONFIG["experiments"][name]["experts"][expert]["recipe"])
+    assert len(stops) > 1 and stops[-1] - stops[-2] <= stops[0] and stops == sorted(set(stops))
+    for index, stop in enumerate(stops):
+        until = stop if index < len(stops) - 1 else None
+        args = parse("train-recipe", rule_arguments.train_recipe_arguments(CONFIG, name, expert, SPLITS, until),
+                     "--workdir", "w")
+        assert args.until_step == until
+        previous = training_state_path(name, expert, stops[index - 1]) if index else None
+        assert args.resume_from == previous
+    with pytest.raises(ValueError, match="not a step at which a job"):
+        rule_arguments.train_recipe_arguments(CONFIG, name, expert, SPLITS, stops[0] + 1)
 
 
 @pytest.mark.parametrize("name, expert", experts_with("fetch"))

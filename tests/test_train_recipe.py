@@ -62,6 +62,44 @@ def test_killed_and_resumed_run_ends_bit_identical(family, tmp_path):
     assert all(torch.equal(whole[key], states[0]["net"][key]) == copying for key in whole if key.endswith("weight"))
 
 
+@pytest.mark.parametrize("family", ["vdm", "edm"])
+def test_a_chain_of_jobs_ends_bit_identical_to_one_run(family, tmp_path):
+    """Three jobs of two steps each (each resuming from the state the previous one handed on; the second
+    one "retried" after a kill in its middle) give the uninterrupted run's weights and EMA, bit for bit."""
+    torch.set_num_threads(1)
+    data, recipe, common = images(10, 8), TINY[family], dict(max_steps=6, batch_size=4, checkpoint_every=1)
+    train(recipe, data, tmp_path / "whole", **common)
+    chain = tmp_path / "chain"
+    train(recipe, data, chain, stop_step=2, state_out=tmp_path / "state-2.pt", **common)
+    train(recipe, data, chain, stop_step=3, state_out=tmp_path / "killed.pt", resume_from=tmp_path / "state-2.pt",
+          **common)  # the second job, killed after step 3: its own checkpoint is at step 3
+    train(recipe, data, chain, stop_step=4, state_out=tmp_path / "state-4.pt", resume_from=tmp_path / "state-2.pt",
+          **common)  # its retry resumes from its own checkpoint (step 3), not from step 2
+    (chain / CHECKPOINT_NAME).unlink()  # the last job on another node: only the handed-on state
+    train(recipe, data, chain, resume_from=tmp_path / "state-4.pt", **common)
+    whole, chained = (load_file(tmp_path / run / WEIGHTS_NAME) for run in ("whole", "chain"))
+    assert all(torch.equal(whole[key], chained[key]) for key in whole)
+    states = [torch.load(path, weights_only=True) for path in (tmp_path / "whole" / CHECKPOINT_NAME,
+                                                                chain / CHECKPOINT_NAME, tmp_path / "state-4.pt")]
+    assert [state["step"] for state in states] == [6, 6, 4]
+    for part in ("net", "ema"):
+        assert all(torch.equal(states[0][part][key], states[1][part][key]) for key in states[0][part])
+    assert states[0]["optimizer"]["state"].keys() == states[1]["optimizer"]["state"].keys()
+    assert all(torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) for a, b in
+               zip(states[0]["optimizer"]["state"].values(), states[1]["optimizer"]["state"].values()))
+
+
+def test_a_chain_job_needs_the_previous_state_and_a_place_for_its_own(tmp_path):
+    with pytest.raises(FileNotFoundError, match="previous chunk"):
+        train(TINY["vdm"], images(10, 8), tmp_path, max_steps=4, batch_size=4, stop_step=2,
+              state_out=tmp_path / "s.pt", resume_from=tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="give state_out"):
+        train(TINY["vdm"], images(10, 8), tmp_path, max_steps=4, batch_size=4, stop_step=2)
+    with pytest.raises(ValueError, match="past the run's last step"):
+        train(TINY["vdm"], images(10, 8), tmp_path, max_steps=4, batch_size=4, stop_step=5, state_out=tmp_path / "s.pt")
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     torch.set_num_threads(1)
     train(TINY["vdm"], images(10, 8), tmp_path, max_steps=1, batch_size=4)

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--network", type=json_object, default=None, help="JSON of network hyper-parameters to set")
 
     sub = command("train-recipe", commands.cmd_train_recipe, "train a paper-scale expert (resumable; --gpus > 1 uses torchrun)",
-                  "checkpoint stem")
+                  "checkpoint stem; with --until-step, the training state .pt")
     sub.add_argument("--recipe", required=True, help="vdm-cifar10, vdm-imagenet32 or edm-imagenet32")
     sub.add_argument("--family", choices=family_names(), required=True, help="checked against the recipe")
     sub.add_argument("--gamma-min", type=float, required=True, help="checked against the recipe")
@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-steps", type=positive_int, default=None, help="default: the recipe's length")
     sub.add_argument("--batch-size", type=positive_int, default=None, help="global batch; default: the recipe's")
     sub.add_argument("--network", type=json_object, default=None, help="JSON overriding network hyper-parameters")
+    sub.add_argument("--until-step", type=positive_int, default=None,
+                     help="one job of a training chain: stop after this step and write the training state to --out "
+                          "(a .pt file) instead of the expert")
+    sub.add_argument("--resume-from", default=None, help="the previous job's training state (--until-step's --out)")
 
     sub = command("train-expert", commands.cmd_train_expert, "train a small expert with its family's loss (the demo's)", "checkpoint stem")
     sub.add_argument("--family", choices=family_names(), required=True)

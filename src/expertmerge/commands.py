@@ -84,6 +84,10 @@ def cmd_train_recipe(args):
 
     recipe = get_recipe(args.recipe)
     check_recipe(args.recipe, args.family, (args.gamma_min, args.gamma_max))
+    if args.until_step is not None and not args.out.endswith(".pt"):
+        raise ValueError(f"with --until-step, --out is the training state and must end in .pt, got {args.out!r}")
+    if args.resume_from is not None and not os.path.isfile(args.resume_from):
+        raise FileNotFoundError(f"--resume-from {args.resume_from}: no such training state")
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:  # one process per GPU, this command in each
         argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}", "-m", "expertmerge",
                 *args.argv]
@@ -92,8 +96,10 @@ def cmd_train_recipe(args):
     if args.network:
         recipe = dataclasses.replace(recipe, network={**recipe.network, **args.network})
     images = split_images(args.data, args.split)
+    chunk = args.until_step is not None
     train(recipe, images, args.workdir, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
-          checkpoint_every=args.checkpoint_every, log_every=args.log_every, expert_stem=args.out)
+          checkpoint_every=args.checkpoint_every, log_every=args.log_every, expert_stem=None if chunk else args.out,
+          stop_step=args.until_step, resume_from=args.resume_from, state_out=args.out if chunk else None)
 
 
 def cmd_train_expert(args):

@@ -132,6 +132,26 @@ def check_recipe(recipe: str, family: str, expert_range) -> None:
                           f"default range); the expert's noise_range gives [{expert_range[0]:.6g}, {expert_range[1]:.6g}]")
 
 
+def recipe_steps(recipe_spec: dict) -> int:
+    """The training length of an expert's `recipe:` config: its max_steps, else the recipe's at its batch."""
+    from .recipes import get_recipe
+
+    return recipe_spec.get("max_steps") or get_recipe(recipe_spec["name"]).steps(recipe_spec.get("batch_size"))
+
+
+def training_chunk_stops(recipe_spec: dict) -> list[int]:
+    """The steps at which the jobs of a training chain stop, the last one the run's length: one SLURM job
+    per `steps_per_job` steps (all in one job without it), each resuming from the previous one's state."""
+    steps = recipe_steps(recipe_spec)
+    per_job = recipe_spec.get("steps_per_job") or steps
+    return [*range(per_job, steps, per_job), steps]
+
+
+def training_state_path(experiment_name: str, expert_name: str, step: int) -> str:
+    """The training state a chunk of a chain hands to the next (removed once the next has run)."""
+    return f"results/{experiment_name}/training/{expert_name}/state-{step}.pt"
+
+
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each shard of `count` items in shards of `shard_size`."""
     return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]

@@ -15,7 +15,7 @@ import shlex
 
 from .downloads import UNPINNED
 from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, heun_steps,
-                       numeric_etas, runs_of_vlb_job, shard_ranges)
+                       numeric_etas, runs_of_vlb_job, shard_ranges, training_chunk_stops, training_state_path)
 
 LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
 
@@ -104,14 +104,22 @@ def train_expert_arguments(config: dict, experiment: str, expert: str, splits: s
                    eval_every=train["eval_every"], seed=train["seed"], network=train.get("network"))
 
 
-def train_recipe_arguments(config: dict, experiment: str, expert: str, splits: str) -> str:
+def train_recipe_arguments(config: dict, experiment: str, expert: str, splits: str, until_step=None) -> str:
+    """One job of a training chain: up to `until_step` (a chunk, which writes a training state), or the
+    last job (None, which writes the expert); each after the first resumes from the previous one's state."""
     spec = config["experiments"][experiment]["experts"][expert]
     recipe = spec["recipe"]
     low, high = gamma_range(spec["noise_range"])
+    stops = training_chunk_stops(recipe)
+    if until_step is not None and int(until_step) not in stops[:-1]:
+        raise ValueError(f"{until_step} is not a step at which a job of {expert}'s training chain stops: {stops[:-1]}")
+    stop = stops[-1] if until_step is None else int(until_step)
+    earlier = [step for step in stops if step < stop]
     return options(recipe=recipe["name"], family=spec["family"], gamma_min=low, gamma_max=high, seed=recipe["seed"],
                    checkpoint_every=recipe["checkpoint_every"], log_every=recipe["log_every"],
                    max_steps=recipe.get("max_steps"), batch_size=recipe.get("batch_size"),
-                   network=recipe.get("network"), data=splits)
+                   network=recipe.get("network"), data=splits, until_step=until_step,
+                   resume_from=training_state_path(experiment, expert, earlier[-1]) if earlier else None)
 
 
 def import_expert_arguments(config: dict, experiment: str, expert: str) -> str:

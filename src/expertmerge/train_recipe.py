@@ -83,21 +83,50 @@ def _save_checkpoint(path: Path, net, ema: EMA, optimizer, step: int, run: dict)
 
 
 
+def _start_state(candidates, run: dict, stop: int, device):
+    """The latest of the given training states (paths; missing ones skipped) at or before step `stop`,
+    or None: a chunk's own checkpoint after a retry, else the previous chunk's state."""
+    best = None
+    for path in candidates:
+        if path is None or not Path(path).exists():
+            continue
+        state = torch.load(path, map_location=device, weights_only=True)
+        if json.loads(state["run"]) != run:
+            raise ValueError(f"{path} was written by a different run {state['run']}; this run is "
+                             f"{json.dumps(run, sort_keys=True)}; remove it or use another out_dir")
+        if int(state["step"]) <= stop and (best is None or int(state["step"]) > int(best["step"])):
+            best = state
+    return best
+
+
 def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, batch_size: int | None = None,
-          seed: int = 0, checkpoint_every: int = 1000, log_every: int = 100, device=None, expert_stem=None) -> dict:
+          seed: int = 0, checkpoint_every: int = 1000, log_every: int = 100, device=None, expert_stem=None,
+          stop_step: int | None = None, resume_from=None, state_out=None) -> dict:
     """Train `recipe` (a name in RECIPES or a Recipe) on uint8 NHWC images; resume from
     out_dir/training-state.pt if present. Runs `max_steps` steps in all (default: the recipe's
     length at `batch_size`, default the recipe's global batch). Writes the training state every
     `checkpoint_every` steps and at the end, and the EMA weights as an expert checkpoint
     (`load_expert` reads it) at `expert_stem` (default out_dir/ema: ema.safetensors + ema.json).
-    Returns the expert meta written to its JSON."""
+    Returns the expert meta written to its JSON.
+
+    One chunk of a longer training (one SLURM job of a chain): `stop_step` < the run's length
+    stops after that step and writes the training state to `state_out` instead of the expert;
+    `resume_from` is the previous chunk's state. The run's own checkpoint in out_dir wins where
+    it is further on (a retried chunk), so a chain ends bit-identical to one uninterrupted run."""
     recipe = get_recipe(recipe)
     batch_size = batch_size or recipe.batch_size
     steps = recipe.steps(batch_size) if max_steps is None else max_steps
+    stop = steps if stop_step is None else stop_step
     for name, value in (("batch_size", batch_size), ("max_steps", steps), ("checkpoint_every", checkpoint_every),
-                        ("log_every", log_every)):
+                        ("log_every", log_every), ("stop_step", stop)):
         if not (isinstance(value, int) and value > 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if stop > steps:
+        raise ValueError(f"stop_step={stop} is past the run's last step {steps}")
+    if stop < steps and state_out is None:
+        raise ValueError(f"stop_step={stop} ends before the run's last step {steps}: give state_out for the state")
+    if resume_from is not None and not Path(resume_from).exists():
+        raise FileNotFoundError(f"the previous chunk's training state {resume_from} does not exist")
     images = torch.as_tensor(np.asarray(images_uint8_nhwc))
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {list(images.shape)}")
@@ -126,23 +155,21 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
               recipe.ema_rampup, recipe.ema_power)
     optimizer = make_optimizer(net, recipe)
     start_step = 0
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if json.loads(state["run"]) != run:
-            raise ValueError(f"{checkpoint_path} was written by a different run {state['run']}; this run is "
-                             f"{json.dumps(run, sort_keys=True)}; remove it or use another out_dir")
+    state = _start_state([resume_from, checkpoint_path], run, stop, device)
+    if state is not None:
         net.load_state_dict(state["net"])
         ema.net.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         if rank == 0:
-            log.info("resuming %s from step %d of %d", checkpoint_path, start_step, steps)
+            log.info("resuming from step %d of %d (this job stops at %d)", start_step, steps, stop)
+        del state
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else net
     loss_fn = family_module(recipe.family).loss(meta)  # takes its constants from meta: DDP hides the net's attributes
     local = batch_size // world
     started, losses = time.perf_counter(), []
-    for step in range(start_step, steps):
+    for step in range(start_step, stop):
         indices = batch_indices(len(images), batch_size, step, seed)[rank * local:(rank + 1) * local]
         x0 = from_uint8(images[indices], pixels).to(device)
         torch.manual_seed(seed_for(seed, 2, step, rank))  # dropout
@@ -153,17 +180,24 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
                        ema=ema, step=step, grad_clip=recipe.grad_clip)
         losses.append(loss.detach())
         done = step + 1
-        if rank == 0 and (done % log_every == 0 or done == steps):
+        if rank == 0 and (done % log_every == 0 or done == stop):
             elapsed = time.perf_counter() - started
             rate = (done - start_step) / elapsed
-            log.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f s elapsed, ETA %.0f s", done, steps,
-                     float(torch.stack(losses).mean()), rate, elapsed, (steps - done) / rate)
+            log.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f s elapsed, ETA of this job %.0f s", done, steps,
+                     float(torch.stack(losses).mean()), rate, elapsed, (stop - done) / rate)
             losses = []
-        if done % checkpoint_every == 0 or done == steps:
+        if done % checkpoint_every == 0 or done == stop:
             if rank == 0:
                 _save_checkpoint(checkpoint_path, net, ema, optimizer, done, run)
             if world > 1:
                 torch.distributed.barrier()
+    if state_out is not None:  # one chunk of a chain: hand the state on
+        if rank == 0:
+            _save_checkpoint(Path(state_out), net, ema, optimizer, stop, run)
+            log.info("training state at step %d of %d -> %s", stop, steps, state_out)
+        if world > 1:
+            torch.distributed.barrier()
+        return meta
     meta["training"] = dict(run, steps=max(steps, start_step), n_images=len(images))
     if rank == 0:
         save_expert(expert_stem or out_dir / WEIGHTS_NAME, ema.net, meta)

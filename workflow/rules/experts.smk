@@ -30,12 +30,13 @@ rule train_expert:
 rule train_recipe:
     input:
         splits=rules.dataset.output.splits,
+        previous=previous_training_state,  # a chain's last job resumes from the previous job's state
     output:
         weights="results/{experiment}/experts/recipe/{expert}.safetensors",
         record="results/{experiment}/experts/recipe/{expert}.json",
     params:
         arguments=lambda w: rule_arguments.train_recipe_arguments(config, w.experiment, w.expert, splits_file(w)),
-        stem=lambda w: f"results/{w.experiment}/experts/recipe/{w.expert}",
+        out=lambda w: f"results/{w.experiment}/experts/recipe/{w.expert}",
         workdir=lambda w: f"results/{w.experiment}/training/{w.expert}",  # kept across failures: resumes
     threads: 8
     resources:
@@ -46,7 +47,24 @@ rule train_recipe:
         "results/{experiment}/logs/train_recipe/{expert}.log",
     shell:
         "expertmerge train-recipe {params.arguments} --workdir {params.workdir}"
-        " --gpus {resources.gpu} --out {params.stem:q} >> {log:q} 2>&1"
+        " --gpus {resources.gpu} --out {params.out:q} >> {log:q} 2>&1"
+
+
+# A training longer than one job's time limit is a chain (recipe.steps_per_job): each job trains its
+# steps and hands the training state to the next, which the chain's last job (train_recipe) ends.
+use rule train_recipe as train_recipe_chunk with:
+    output:
+        state=temp("results/{experiment}/training/{expert}/state-{step}.pt"),
+    params:
+        arguments=lambda w: rule_arguments.train_recipe_arguments(
+            config, w.experiment, w.expert, splits_file(w), until_step=w.step
+        ),
+        out=lambda w: training_state_path(w.experiment, w.expert, w.step),
+        workdir=lambda w: f"results/{w.experiment}/training/{w.expert}",
+    wildcard_constraints:
+        step=r"\d+",
+    log:
+        "results/{experiment}/logs/train_recipe/{expert}-{step}.log",
 
 
 rule import_expert:

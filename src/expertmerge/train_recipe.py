@@ -164,6 +164,8 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
         if rank == 0:
             log.info("resuming from step %d of %d (this job stops at %d)", start_step, steps, stop)
         del state
+    if rank == 0:  # float sums depend on the thread count: a run resumes bit-identically on the same one
+        log.info("training on %s, %d process(es) of %d torch thread(s)", device, world, torch.get_num_threads())
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else net
     loss_fn = family_module(recipe.family).loss(meta)  # takes its constants from meta: DDP hides the net's attributes

@@ -48,12 +48,12 @@ def main():
         local_wall = timed([*snakemake, "--cores", str(cpus)], local)
         slurm_wall = timed([*snakemake, "--profile", args.profile], cluster)
         jobs = jobs_of(Path(cluster))
-    fields = "JobIDRaw,ElapsedRaw,Submit,Start"
+    ids = ",".join(job["JobIDRaw"] for job in jobs)
     timing = {}
-    for line in subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "-o", fields], capture_output=True,
-                               text=True, check=True).stdout.splitlines():
+    for line in subprocess.run(["sacct", "-X", "-n", "-P", "-j", ids, "-o", "JobIDRaw,ElapsedRaw,Submit,Start"],
+                               capture_output=True, text=True, check=True).stdout.splitlines():
         job, elapsed, submit, start = line.split("|")
-        timing[job] = (int(elapsed), seconds(start) - seconds(submit))
+        timing[job] = (int(elapsed), seconds(start) - seconds(submit))  # every job of a finished run started
     job_seconds = sum(timing[job["JobIDRaw"]][0] for job in jobs)
     waits = [timing[job["JobIDRaw"]][1] for job in jobs]
     print(f"reduced demo on one node of {cpus} CPUs, {len(jobs)} SLURM jobs")

@@ -278,23 +278,3 @@ def test_a_job_over_its_time_limit_is_retried_and_resumes(tmp_path):
     assert re.search(r"resuming from step [1-9]\d* of 300", log), log[-3000:]
     assert json.loads((tmp_path / "results/limit/experts/recipe/vdm.json").read_text())["training"]["steps"] == 300
 
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="restarting slurmctld takes root (tools/local_slurm.sh up)")
-def test_a_killed_controller_is_survived(slurm_run, local_run, tmp_path):
-    """slurmctld SIGKILLed while NLL jobs run, and started again 20 s later: the jobs run on under slurmd,
-    Snakemake's status queries fail meanwhile and succeed after, and the run ends with the local tables."""
-    workdir = fresh_copy(slurm_run[0], tmp_path / "run")
-    for result in [*workdir.glob("results/digits/nll/*/shard*.csv"), *workdir.glob("results/digits/tables/table1.*")]:
-        result.unlink()  # Table 1 to make again, from 8 NLL shards
-    process = slurm_snakemake(workdir, wait=False)
-    wait_for(lambda: queued(workdir, "nll_shard", "RUNNING"), 300, "a running nll_shard job")
-    os.kill(int(Path("/run/slurmctld.pid").read_text()), signal.SIGKILL)
-    time.sleep(20)
-    subprocess.run([str(REPO / "tools/local_slurm.sh"), "up"], check=True, capture_output=True, timeout=300)
-    try:
-        process.wait(timeout=900)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    assert process.returncode == 0, output_of(process)[-4000:]
-    assert tables(workdir) == tables(local_run)

@@ -152,6 +152,18 @@ def training_state_path(experiment_name: str, expert_name: str, step: int) -> st
     return f"results/{experiment_name}/training/{expert_name}/state-{step}.pt"
 
 
+def previous_training_state(experiment_name: str, expert_name: str, recipe_spec: dict, until_step=None) -> str | None:
+    """The state the job of a training chain that stops at `until_step` (None: the chain's last job) resumes
+    from; None for the chain's first job. Refuses a step at which no job of the chain stops."""
+    stops = training_chunk_stops(recipe_spec)
+    if until_step is not None and int(until_step) not in stops[:-1]:
+        raise ValueError(f"{until_step} is not a step at which a job of {expert_name}'s training chain stops: "
+                         f"{stops[:-1]}")
+    stop = stops[-1] if until_step is None else int(until_step)
+    earlier = [step for step in stops if step < stop]
+    return training_state_path(experiment_name, expert_name, earlier[-1]) if earlier else None
+
+
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each shard of `count` items in shards of `shard_size`."""
     return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]

@@ -15,7 +15,7 @@ import shlex
 
 from .downloads import UNPINNED
 from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, heun_steps,
-                       numeric_etas, runs_of_vlb_job, shard_ranges, training_chunk_stops, training_state_path)
+                       numeric_etas, previous_training_state, runs_of_vlb_job, shard_ranges)
 
 LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
 
@@ -110,16 +110,11 @@ def train_recipe_arguments(config: dict, experiment: str, expert: str, splits: s
     spec = config["experiments"][experiment]["experts"][expert]
     recipe = spec["recipe"]
     low, high = gamma_range(spec["noise_range"])
-    stops = training_chunk_stops(recipe)
-    if until_step is not None and int(until_step) not in stops[:-1]:
-        raise ValueError(f"{until_step} is not a step at which a job of {expert}'s training chain stops: {stops[:-1]}")
-    stop = stops[-1] if until_step is None else int(until_step)
-    earlier = [step for step in stops if step < stop]
     return options(recipe=recipe["name"], family=spec["family"], gamma_min=low, gamma_max=high, seed=recipe["seed"],
                    checkpoint_every=recipe["checkpoint_every"], log_every=recipe["log_every"],
                    max_steps=recipe.get("max_steps"), batch_size=recipe.get("batch_size"),
                    network=recipe.get("network"), data=splits, until_step=until_step,
-                   resume_from=training_state_path(experiment, expert, earlier[-1]) if earlier else None)
+                   resume_from=previous_training_state(experiment, expert, recipe, until_step))
 
 
 def import_expert_arguments(config: dict, experiment: str, expert: str) -> str:

@@ -4,7 +4,7 @@ import re
 
 from expertmerge import rule_arguments
 from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, check_config, eta_labels, expert_names, expert_stem,
-                                  has_analysis, sampler_names, shard_ranges, training_chunk_stops, training_state_path,
+                                  has_analysis, previous_training_state, sampler_names, shard_ranges, training_state_path,
                                   unpinned_downloads, vlb_job_name, vlb_job_runs)
 
 check_config(config)
@@ -77,12 +77,11 @@ def expert_spec(wildcards):
     return experiment(wildcards)["experts"][wildcards.expert]
 
 
-def previous_training_state(wildcards):
+def previous_training_states(wildcards):
     """The training state the previous job of a training chain hands on; none for the chain's first job."""
-    stops = training_chunk_stops(expert_spec(wildcards)["recipe"])
-    stop = int(wildcards.get("step", stops[-1]))
-    earlier = [step for step in stops if step < stop]
-    return [training_state_path(wildcards.experiment, wildcards.expert, earlier[-1])] if earlier else []
+    state = previous_training_state(wildcards.experiment, wildcards.expert, expert_spec(wildcards)["recipe"],
+                                    wildcards.get("step"))
+    return [state] if state else []
 
 
 def download_path(name):

@@ -30,7 +30,7 @@ rule train_expert:
 rule train_recipe:
     input:
         splits=rules.dataset.output.splits,
-        previous=previous_training_state,  # a chain's last job resumes from the previous job's state
+        previous=previous_training_states,  # a chain's last job resumes from the previous job's state
     output:
         weights="results/{experiment}/experts/recipe/{expert}.safetensors",
         record="results/{experiment}/experts/recipe/{expert}.json",

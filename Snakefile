@@ -1,9 +1,8 @@
 # expertmerge: merge pretrained diffusion experts by noise level and regenerate the paper's
 # tables and figures. Rules hold no numerics: each calls one `expertmerge <command>`.
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from expertmerge.pipeline import short_schema_error
+from expertmerge.configuration import check_config_files, validate_config
 
 min_version("9.20")
 
@@ -11,10 +10,10 @@ min_version("9.20")
 configfile: "config.yaml"
 
 
-try:
-    validate(config, "workflow/schemas/config.schema.yaml")
-except WorkflowError as error:  # the message, not the whole schema that jsonschema appends
-    raise WorkflowError(short_schema_error(error)) from None
+# Refused in seconds whatever its shape: duplicate keys, aliases expanding beyond reason, then the schema
+# (jsonschema directly: Snakemake's `validate` prints the whole instance, for ever for a "billion laughs").
+check_config_files(workflow.configfiles)
+validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 
 
 report: "workflow/report/workflow.rst"

@@ -10,6 +10,13 @@ from expertmerge.experts import GaussianExpert
 torch.set_num_threads(1)
 
 
+def pytest_sessionstart(session):
+    # matplotlib builds its font cache on first use and says so on stderr ("generated new
+    # fontManager"); in a fresh venv that extra line would break the one-line-error checks
+    # of subprocesses, so the cache is built once here, before any test runs.
+    import matplotlib.font_manager  # noqa: F401
+
+
 def gaussian_data(dim_shape=(1, 2, 2), seed=0):
     """A fixed Gaussian N(mean, cov) with eigenvalues spread over ~[0.01, 0.3]."""
     generator = torch.Generator().manual_seed(seed)

@@ -3,6 +3,7 @@ before any work, with one clear line and nothing at --out. Images that do not fi
 shards that are not one sampler's and eta's seeds 0..N-1; shard numbers and counts out of range;
 --out names the command would not write; splits, statistics and shards that are not what they should be.
 """
+import hashlib
 import json
 import re
 import subprocess
@@ -130,6 +131,20 @@ def shard_with(root, name, **record):
     return root / name
 
 
+
+def test_an_ode_fid_records_its_tolerances(tiny, tmp_path):
+    """An adaptive ODE's FID means nothing without its rtol/atol (before: the FID record left them out)."""
+    ode = {"sampler": "ode", "rtol": 1e-3, "atol": 1e-4, "error_norm": "batch-rms"}
+    with np.load(tiny / "s0.npz") as first:
+        save_sample_shard(tmp_path / "ode0.npz", **{key: first[key] for key in ("images", "seeds", "nfe", "features")},
+                          record={**RECORD, **ode})
+    out = tmp_path / "fid.json"
+    result = subprocess.run([str(BIN), "fid", "--reference", str(tiny / "reference.npz"), "--seed-groups", "2",
+                             "--shards", str(tmp_path / "ode0.npz"), "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())[0]
+    assert (record["rtol"], record["atol"], record["error_norm"]) == (1e-3, 1e-4, "batch-rms")
+
 @pytest.mark.parametrize("shards, words", [
     (["s0", "s0", "s1"], ["the shards overlap: seed 0 is in each of", "s0.npz, ", "s0.npz (10 seeds repeat; a file is given twice)"]),
     (["s0", "s2"], ["must be seeds 0..19", "10 of those are missing (the first 10)", "s2.npz hold(s) seeds outside"]),
@@ -254,6 +269,9 @@ def test_a_nan_expert_stops_every_sampler_with_one_line(tiny, tmp_path, sampler)
     weights = load_file(str(broken / "vdm.safetensors"))
     weights = {key: np.full_like(value, np.nan) if value.dtype.kind == "f" else value for key, value in weights.items()}
     save_file(weights, str(broken / "vdm.safetensors"))
+    record = json.loads((broken / "vdm.json").read_text())  # record the NaN weights' digest: they load, then fail
+    record["weights_sha256"] = hashlib.sha256((broken / "vdm.safetensors").read_bytes()).hexdigest()
+    (broken / "vdm.json").write_text(json.dumps(record))
     steps = [] if sampler == "ode" else ["--steps", 4]
     fails(tmp_path / "out" / "shard.npz", "sample", *experts(broken), "--sampler", sampler, *steps, "--seeds", "3:5",
           "--features", tiny / "edm", "--features-kind", "digits-classifier",

@@ -137,7 +137,8 @@ def test_an_unpinned_file_is_trusted_on_first_use_and_verified_after(tmp_path, s
     dest = tmp_path / "out" / "data.bin"
     fetch(f"{server.url}/data.bin", "unpinned", dest)
     lock = dest.parent / LOCK_NAME
-    assert lock.exists() and SHA256 in lock.read_text() and leftovers(dest.parent) == ["checksums.lock", "data.bin"]
+    assert lock.exists() and SHA256 in lock.read_text()
+    assert leftovers(dest.parent) == ["checksums.lock", "checksums.lock.flock", "data.bin"]  # .flock: see _holding
     assert trusted_checksum(dest) == SHA256  # a later use verifies it
     fetch(f"{server.url}/data.bin", "unpinned", dest)  # present and unchanged: fine
 
@@ -151,5 +152,5 @@ def test_an_unpinned_file_is_trusted_on_first_use_and_verified_after(tmp_path, s
     source.write_bytes(PAYLOAD[::-1])  # the server now serves another file: refused, and it never lands
     with pytest.raises(ChecksumError, match="changed since it was first used"):
         fetch(f"{server.url}/data.bin", "unpinned", dest)
-    assert leftovers(dest.parent) == ["checksums.lock"]
+    assert leftovers(dest.parent) == ["checksums.lock", "checksums.lock.flock"]
     fetch(f"{server.url}/data.bin", "sha256:" + hashlib.sha256(PAYLOAD[::-1]).hexdigest(), dest)  # pinned: fine

@@ -15,7 +15,8 @@ import yaml
 from expertmerge.experts import GaussianExpert
 from expertmerge.files import atomic_path, write_text
 from expertmerge.merge import switch
-from expertmerge.pipeline import ConfigError, check_config
+from expertmerge.configuration import check_config
+from expertmerge.pipeline import ConfigError
 from expertmerge.sampling import sample_ancestral, sample_heun, sample_ode
 
 from conftest import gaussian_data

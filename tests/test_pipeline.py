@@ -182,6 +182,18 @@ def test_a_killed_run_is_finished_by_a_plain_rerun(finished_run, tmp_path):
         pd.testing.assert_frame_equal(*(pd.read_csv(path) for path in tables))
 
 
+def test_a_changed_fid_budget_replans_everything_that_reads_it(finished_run, tmp_path):
+    """Each value a command reads re-plans that command's jobs: here recommend.fid_budget, read by the
+    trade-off figure and the summary (before: the summary's params read `input`, which Snakemake's params
+    trigger leaves out, and summary.md kept the old budget; tests/test_config_reliability.py pins the class)."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    config = reduced_config()
+    config["experiments"]["digits"]["recommend"] = {"fid_budget": 0.5}
+    write_config(workdir, config)
+    assert set(planned_jobs(workdir)) == {"all", "figure_tradeoff", "summary"}
+
+
 def test_a_schema_error_says_what_and_where_in_a_few_lines(tmp_path):
     """Not the whole schema (jsonschema appends it: hundreds of lines at the top level)."""
     config = reduced_config()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
+from expertmerge.configuration import validate_config
 
 from expertmerge import rule_arguments
 from expertmerge.cli import build_parser
@@ -22,9 +22,9 @@ SPLITS = "results/some/data/splits.npz"
 
 
 def load_config():
-    """config.yaml with the schema's defaults filled in, as the Snakefile's `validate` leaves it."""
+    """config.yaml with the schema's defaults filled in, as the Snakefile's `validate_config` leaves it."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
     return config
 
 
@@ -284,7 +284,7 @@ def test_recommend_budget_is_configured_per_analysed_experiment_and_defaults_to_
     assert all("recommend" in CONFIG["experiments"][name] for name in ANALYSED)
     config = copy.deepcopy(CONFIG)
     del config["experiments"]["cifar10"]["recommend"]
-    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
     assert rule_arguments.recommend_fid_budget(config, "cifar10") == 0.05
     config["experiments"]["cifar10"]["recommend"] = {"fid_budget": 0.2}
     args = parse("figure-tradeoff", rule_arguments.figure_tradeoff_arguments(config, "cifar10"), "--nll", "n",

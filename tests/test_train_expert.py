@@ -1,3 +1,4 @@
+import hashlib
 import json
 import math
 
@@ -198,7 +199,10 @@ def test_checkpoint_errors_are_clear(tmp_path):
         load_expert(path)
     record.write_text(good)
     path.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="cannot read expert weights"):
+    with pytest.raises(ValueError, match="is not the file its checkpoint was written with"):
+        load_expert(path)
+    record.write_text(json.dumps(dict(json.loads(good), weights_sha256=hashlib.sha256(b"garbage").hexdigest())))
+    with pytest.raises(ValueError, match="cannot read expert weights"):  # the digest holds, the file never did
         load_expert(path)
 
 

@@ -35,6 +35,15 @@ def require_suffix(out, suffix: str) -> None:
         raise ValueError(f"--out must end in {suffix} (the command writes {suffix} and {beside} beside it), got {out}")
 
 
+def solved_batch_sizes(count: int, batch_size: int) -> list[int]:
+    """The size of the batch each of `count` items is solved in when the library batches them (consecutive
+    batches of `batch_size`, the last one shorter). Records say this, not --batch-size: 359 test images
+    asked for in batches of 400 were one batch of 359, and the adaptive solver's NFE are that batch's."""
+    from .pipeline import shard_ranges
+
+    return [stop - start for start, stop in shard_ranges(count, batch_size) for _ in range(start, stop)]
+
+
 def cmd_dataset(args):
     from pathlib import Path
 
@@ -60,7 +69,7 @@ def cmd_dataset(args):
 def cmd_fetch(args):
     from .downloads import fetch
 
-    fetch(args.source, args.checksum, args.out, timeout=args.timeout)
+    fetch(args.source, args.checksum, args.out, timeout=args.timeout, min_rate=args.min_rate, deadline=args.deadline)
 
 
 def cmd_import_expert(args):
@@ -130,9 +139,10 @@ def cmd_reference_stats(args):
 
     images = split_images(args.data, args.split)  # before the imports below load torch: bad input fails at once
     from .devices import resolve_device
-    from .features import load_feature_network
+    from .features import check_feature_input, load_feature_network
     from .frechet import save_statistics, statistics
 
+    check_feature_input(args.features_kind, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
     network = load_feature_network(args.features_kind, args.features, resolve_device(args.device),
                                    args.features_checksum)
     mu, sigma = statistics(network(images))
@@ -144,13 +154,14 @@ def cmd_sample(args):
     import numpy as np
 
     from .devices import resolve_device
-    from .features import load_feature_network
+    from .features import check_feature_input, load_feature_network
     from .pipeline import build_expert
     from .sampling import sample_ancestral, sample_heun, sample_ode
     from .shards import save_sample_shard
 
     device = resolve_device(args.device)
     expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
+    check_feature_input(args.features_kind, shape)  # before sampling, not after it
     sampler, options = {
         "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm}),
         "ancestral": (sample_ancestral, {"steps": args.steps, "clip_denoised": args.clip_denoised}),
@@ -167,8 +178,10 @@ def cmd_sample(args):
         progress(start + len(record.nfe), nfe=int(record.nfe[0]))
     images, nfe = np.concatenate(images), np.concatenate(nfe)
     feats = load_feature_network(args.features_kind, args.features, device, args.features_checksum)(images)
+    batches = {"batch_size": max(solved_batch_sizes(len(seeds), args.batch_size)),  # the largest batch solved
+               "batch_limit": args.batch_size}
     save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats.astype(np.float32),
-                      record={**choice.record(), "sampler": name, **options, "batch_size": args.batch_size})
+                      record={**choice.record(), "sampler": name, **options, **batches})
     log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
 
 
@@ -180,11 +193,17 @@ def cmd_fid(args):
 
     reference = load_statistics(args.reference)
     shards = [load_shard(path, "features", "nfe", "seeds") for path in args.shards]
+    for path, shard in zip(args.shards, shards):  # another feature network's: refuse before any statistics
+        if shard["features"].shape[1] != len(reference[0]):
+            raise ValueError(f"{path} holds {shard['features'].shape[1]}-dimensional features but the reference "
+                             f"{args.reference} {len(reference[0])}-dimensional ones: not one feature network")
     order = _seed_order(args.shards, shards)  # the samples in seed order, whatever the order of --shards
     feats = np.concatenate([shard["features"] for shard in shards])[order]
     nfe = np.concatenate([shard["nfe"] for shard in shards])[order]
     scores = fid_with_spread(reference, feats, args.seed_groups)
-    record = {key: value for key, value in shards[0]["record"].items() if key not in ("rtol", "atol")}
+    record = dict(shards[0]["record"])  # with the ODE's tolerances: an FID means nothing without them
+    if "batch_size" in record:  # the largest batch solved in any shard (a short last shard solves a smaller one)
+        record["batch_size"] = max(shard["record"].get("batch_size", 0) for shard in shards)
     result = {**record, "fid": scores["fid"], "fid_spread": scores["std"],
               "seed_groups": args.seed_groups, "nfe_mean": float(nfe.mean()), "num_samples": len(feats)}
     write_json(args.out, [result])
@@ -201,8 +220,8 @@ def _seed_order(paths, shards):
 
     first = shards[0]["record"]
     for path, shard in zip(paths[1:], shards[1:]):
-        differ = [key for key in sorted(first.keys() | shard["record"].keys())
-                  if json.dumps(first.get(key)) != json.dumps(shard["record"].get(key))]
+        differ = [key for key in sorted(first.keys() | shard["record"].keys())  # batch_size: what a shard solved
+                  if key != "batch_size" and json.dumps(first.get(key)) != json.dumps(shard["record"].get(key))]
         if differ:
             raise ValueError(f"the shards are not of one sampler and eta: {paths[0]} and {path} differ in " + ", ".join(
                 f"{key} ({first.get(key)!r} vs {shard['record'].get(key)!r})" for key in differ))
@@ -267,7 +286,7 @@ def cmd_nll(args):
                      dequantization=args.dequantization, batch_size=args.batch_size, error_norm=args.error_norm,
                      progress=progress, device=device)
     frame = pd.DataFrame({"image": list(indices), "bpd": result.bpd.numpy(), "nfe": result.nfe.numpy(),
-                          "batch_size": args.batch_size, "error_norm": args.error_norm})
+                          "batch_size": solved_batch_sizes(len(indices), args.batch_size), "error_norm": args.error_norm})
     for key, value in choice.record().items():
         frame[key] = value
     write_csv(args.out, frame)
@@ -278,6 +297,8 @@ def cmd_vlb(args):
     from .datasets import split_images
 
     images = split_images(args.data, args.split)  # before the imports below load torch: bad input fails at once
+    if len(set(args.runs)) < len(args.runs):
+        raise ValueError(f"--runs names a run more than once: {args.runs}; a run repeated is the same numbers twice")
     from .devices import resolve_device
     from .likelihood import check_image_shape, vlb
     from .pipeline import build_expert
@@ -291,7 +312,7 @@ def cmd_vlb(args):
         result = vlb(expert, images, seed=run, batch_size=args.batch_size, device=device)
         means = {name: float(getattr(result, name).mean()) for name in ("prior", "reconstruction", "diffusion")}
         records.append({**choice.record(), "run": run, "vlb": float(result.bpd.mean()), **means,
-                        "num_images": len(images)})
+                        "num_images": len(images), "batch_size": min(args.batch_size, len(images))})
         log.info("run %d: VLB %.4f bpd (%s)", run, result.bpd.mean(),
                  ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
     write_json(args.out, records)

@@ -28,13 +28,13 @@ import codecs
 import io
 import json
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import safe_pickle
 from .files import atomic_path, write_text
+from .npz import IMAGES, ArraySpec, NpzReader
 
 try:
     from numpy._core.multiarray import _reconstruct  # numpy >= 2
@@ -114,19 +114,25 @@ def save_splits(path, splits: dict[str, np.ndarray], meta: dict | None = None) -
     return path
 
 
+# What each array of a splits .npz must be, checked from its header before it is read.
+SPLIT_SPECS = {**{name: IMAGES for name in SPLITS},
+               **{f"{name}_{what}": ArraySpec(f"integer {what} [N]", ndims=(1,), kinds="iu")
+                  for name in SPLITS for what in ("labels", "indices")}}
+
+
 def load_splits(path) -> dict[str, np.ndarray]:
     """Read splits written by `save_splits`; checks the .json next to it agrees on sizes."""
     path = _check_npz_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"splits file {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            splits = {name: data[name] for name in data.files}
+        with NpzReader(path, "a splits file") as reader:  # only the arrays a splits file has
+            splits = reader.load([name for name in reader.files if name in SPLIT_SPECS], SPLIT_SPECS)
         record = json.loads(_sidecar(path).read_text())
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{str(_sidecar(path))!r} is missing; save_splits writes it next to {str(path)!r}") from error
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(f"cannot read splits from {str(path)!r}: {error}") from error
+    except (ValueError, OSError, KeyError) as error:
+        raise ValueError(f"cannot read splits: {error}") from None
     sizes = {name: len(splits[name]) for name in SPLITS if name in splits}
     if sizes != record.get("sizes"):
         raise ValueError(f"{str(path)!r} holds split sizes {sizes} but its JSON records {record.get('sizes')}")
@@ -248,12 +254,16 @@ def _read_png_tar(path: Path) -> np.ndarray:
     return images
 
 
+IMAGENET_BATCH = ArraySpec(f"uint8 images, NHWC [N, {RESOLUTION}, {RESOLUTION}, 3] or channel-major rows "
+                           f"[N, {ROW_LENGTH}]", ndims=(2, 4), kinds="u", itemsize=1)
+
+
 def _read_npz(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as batch:
+    with NpzReader(path, "an ImageNet32 batch") as batch:
         key = next((k for k in ("x", "data") if k in batch.files), None)
         if key is None:
             raise ValueError(f"{path} must hold an array 'x' or 'data', found {batch.files}")
-        array = batch[key]
+        array = batch.load([key], {key: IMAGENET_BATCH})[key]
     if array.dtype != np.uint8:
         raise ValueError(f"{path}['{key}'] must be uint8, got {array.dtype}")
     if array.ndim == 4 and array.shape[1:] == (RESOLUTION, RESOLUTION, 3):

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .downloads import trusted_checksum, verify_file
+from .downloads import file_checksum, trusted_checksum, verify_file
+from .experts.checkpoint import DIGEST, check_weights_digest
 from .files import atomic_path, write_text
 from .images import check_images
-from .optimization import optimizer_step
+from .optimization import TrainingDiverged, check_finite_loss, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ def train_classifier(train_images, train_labels, val_images=None, val_labels=Non
 
     `model.train_info` holds the hyper-parameters, the final training loss and, given a validation
     split, its accuracy (`val_accuracy`, also logged). Deterministic for a given seed; the global RNG
-    state is untouched.
+    state is untouched. The classifier is the final network, not a best one; TrainingDiverged on a
+    non-finite loss, or when its validation accuracy is no better than the untrained network's or a
+    constant guess of the commonest class (what a diverged network collapses to).
     """
     images = check_images(train_images)
     if images.shape[-1] != 1:
@@ -126,13 +129,15 @@ def train_classifier(train_images, train_labels, val_images=None, val_labels=Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DigitClassifier(channels=channels, feature_dim=feature_dim)
+    untrained = None if val_images is None else accuracy(model, val_images, val_labels)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         index = torch.randint(len(x), (batch_size,), generator=generator)
         loss = torch.nn.functional.cross_entropy(model(_random_shift(x[index], generator)), labels[index])
+        check_finite_loss(loss.item(), step + 1, lr=lr)
         optimizer_step(model, optimizer, loss)  # the learning rate is the cosine schedule's
         schedule.step()
     model.eval()
@@ -141,18 +146,32 @@ def train_classifier(train_images, train_labels, val_images=None, val_labels=Non
     if val_images is not None:
         model.train_info.update(val_images=len(val_images), val_accuracy=accuracy(model, val_images, val_labels))
         log.info("digit classifier: validation accuracy %.4f after %d steps", model.train_info["val_accuracy"], steps)
+        _refuse_unimproved(model.train_info["val_accuracy"], untrained, val_labels, steps, lr)
     return model
 
 
+def _refuse_unimproved(val_accuracy: float, untrained: float, val_labels, steps: int, lr: float) -> None:
+    """TrainingDiverged unless training raised the validation accuracy above both the untrained
+    network's and that of always guessing the commonest class."""
+    guess = float(np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=10).max() / len(val_labels))
+    if not val_accuracy > max(untrained, guess):
+        raise TrainingDiverged(
+            f"the digit classifier never improved: validation accuracy {val_accuracy:.4f} after {steps} steps, "
+            f"{untrained:.4f} untrained, {guess:.4f} always guessing the commonest class (lr {lr:g}); "
+            "nothing was saved; lower the learning rate if the loss grew, else train longer")
+
+
 def save_classifier(stem, model: DigitClassifier, meta: dict | None = None):
-    """Write `stem.safetensors` (weights) and `stem.json` (architecture + meta), each via a temporary name."""
+    """Write `stem.safetensors` (weights) and `stem.json` (architecture, meta and the weights' SHA-256,
+    checked by `load_classifier`), each via a temporary name."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights, info = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp))
-    write_text(info, json.dumps({"config": model.config, "meta": meta or {}}, indent=2) + "\n")
+        digest = file_checksum(tmp)
+    write_text(info, json.dumps({"config": model.config, "meta": meta or {}, DIGEST: digest}, indent=2) + "\n")
 
 
 def load_classifier(stem) -> tuple[DigitClassifier, dict]:
@@ -163,6 +182,7 @@ def load_classifier(stem) -> tuple[DigitClassifier, dict]:
         if not path.is_file():
             raise FileNotFoundError(f"classifier file {path} is missing (expected {stem}.safetensors and {stem}.json)")
     record = json.loads(info.read_text())
+    check_weights_digest(weights, info, record.get(DIGEST))
     model = DigitClassifier(**record["config"])
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), record.get("meta", {})
@@ -302,6 +322,20 @@ def features(extractor, images, batch_size: int = 256) -> np.ndarray:
     batches = [images[i:i + batch_size].permute(0, 3, 1, 2).float() for i in range(0, len(images), batch_size)]
     with torch.no_grad():
         return np.concatenate([extractor(batch).cpu().numpy() for batch in batches]).astype(np.float64)
+
+
+DIGITS_IMAGE_SHAPE = (1, 8, 8)  # (C, H, W): DigitClassifier's convolutions and pooling end in its Linear's size
+
+
+def check_feature_input(kind: str, shape) -> None:
+    """Refuse images of shape (C, H, W) that FID feature network `kind` cannot take, before any sampling."""
+    shape = tuple(int(size) for size in shape)
+    if kind == "digits-classifier" and shape != DIGITS_IMAGE_SHAPE:
+        raise ValueError(f"the digits-classifier FID features take 1x8x8 images (C x H x W), not "
+                         f"{'x'.join(map(str, shape))}; use --features-kind inception for other images")
+    if kind == "inception" and (len(shape) != 3 or shape[0] not in (1, 3)):
+        raise ValueError(f"the Inception FID features take images of 1 or 3 channels, got {'x'.join(map(str, shape))} "
+                         f"(C x H x W)")
 
 
 def load_feature_network(kind: str, path, device="cpu", checksum: str | None = None):

@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_path
+from .npz import ArraySpec, load_npz
+
+# What a statistics .npz must hold, checked from the headers before reading (values: finite, after).
+STATISTICS_SPECS = {"mu": ArraySpec("a finite float mean [F]", ndims=(1,), kinds="f", finite=True),
+                    "sigma": ArraySpec("a finite float covariance [F, F]", ndims=(2,), kinds="f", finite=True)}
 
 
 def statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,10 +34,12 @@ def save_statistics(path, mu: np.ndarray, sigma: np.ndarray, *, num_images: int 
 
 def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) saved by `save_statistics`; a ValueError naming the file if it is not such an .npz."""
-    from .shards import load_arrays
-
-    data = load_arrays(path, ["mu", "sigma"], "FID reference statistics")
-    return data["mu"], data["sigma"]
+    data = load_npz(path, ["mu", "sigma"], "FID reference statistics", STATISTICS_SPECS)
+    mu, sigma = data["mu"], data["sigma"]
+    if sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"{path}: FID reference statistics need mu [F] and sigma [F, F], got {list(mu.shape)} and "
+                         f"{list(sigma.shape)}")
+    return mu, sigma
 
 
 class FrechetReference:
@@ -50,6 +57,8 @@ class FrechetReference:
         self.mu, self.sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
         if self.mu.ndim != 1 or self.sigma.shape != (len(self.mu), len(self.mu)):
             raise ValueError(f"reference statistics need mu [F] and sigma [F, F], got {self.mu.shape}, {self.sigma.shape}")
+        if not (np.isfinite(self.mu).all() and np.isfinite(self.sigma).all()):
+            raise ValueError("reference statistics must be finite; mu or sigma holds NaN or Inf")
         eigenvalues, vectors = np.linalg.eigh((self.sigma + self.sigma.T) / 2)
         self.root = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T
 
@@ -61,6 +70,8 @@ class FrechetReference:
     def distance(self, stats) -> float:
         """||mu_a - mu||^2 + Tr(S_a + S - 2 (S_a S)^(1/2)) for stats = (mu_a, S_a)."""
         mu_a, sigma_a = (np.asarray(v, np.float64) for v in stats)
+        if not (np.isfinite(mu_a).all() and np.isfinite(sigma_a).all()):
+            raise ValueError("feature statistics must be finite; mu or sigma holds NaN or Inf")
         if mu_a.shape != self.mu.shape or sigma_a.shape != self.sigma.shape:
             raise ValueError(f"statistics disagree in feature size: mu {mu_a.shape} vs {self.mu.shape}, "
                              f"sigma {sigma_a.shape} vs {self.sigma.shape} (same feature extractor?)")

@@ -25,7 +25,7 @@ import torch
 from .experts.base import check_expert, raise_if_not_finite
 from .images import check_images, from_uint8
 from .noise import gamma_to_noise_level, linear_gamma, vp_alpha_sigma
-from .sampling import odeint, solver_norm, vp_velocity
+from .sampling import check_tolerances, odeint, solver_norm, vp_velocity
 from .seeding import per_image_draw, per_image_generators, run_seeds
 
 DEQUANTIZATIONS = ("tn", "uniform")
@@ -168,6 +168,7 @@ def ode_log_density(expert, x0: torch.Tensor, probe: torch.Tensor, *, rtol: floa
     on gamma_max, so the expert is never asked beyond its range; only the trial evaluation of dopri5's
     initial-step heuristic may land past gamma_max, and it is clamped.
     """
+    check_tolerances(rtol, atol)
     n, shape = x0.shape[0], x0.shape[1:]
     dim = x0[0].numel()
     gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
@@ -203,8 +204,7 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
     forward and one VJP each), shared by the images of a batch.
     """
     images, seeds = _check_call(expert, images, seeds, batch_size)
-    if not (math.isfinite(rtol) and math.isfinite(atol) and rtol > 0 and atol > 0):
-        raise ValueError(f"tolerances must be finite and > 0, got rtol={rtol}, atol={atol}")
+    check_tolerances(rtol, atol)
     if dequantization not in DEQUANTIZATIONS:
         raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}")
     solver_norm(error_norm)  # refuse an unknown norm before any work

@@ -202,12 +202,46 @@ def pooled(counts, means, errors) -> tuple[int, float, float]:
     return int(total), mean, math.sqrt(variance / total)
 
 
-def combine_profiles(frames):
+SHARD_COLUMNS = ("shard", "shards")  # which part of the selection a profile holds; a whole one is 0 of 1
+
+
+def check_profile_shards(frames, sources=None) -> None:
+    """Refuse a shard given twice (a file twice, or a copy of it: the same numbers, or the same `shard` of
+    `shards`) and, where the profiles say which shard they hold, shards of different splits or missing ones.
+    `sources` name the frames in messages."""
+    sources = [f"profile {k}" for k in range(len(frames))] if sources is None else [str(s) for s in sources]
+    for j in range(len(frames)):
+        for k in range(j):
+            if frames[j].equals(frames[k]):
+                raise ValueError(f"{sources[k]} and {sources[j]} are the same loss-profile shard (the same numbers); "
+                                 "pooled twice it would count its images twice")
+    if not all(set(SHARD_COLUMNS) <= set(frame.columns) for frame in frames):
+        return
+    held = [(int(frame["shard"].iloc[0]), int(frame["shards"].iloc[0])) for frame in frames]
+    for j, (shard, shards) in enumerate(held):
+        if (shard, shards) in held[:j]:
+            raise ValueError(f"{sources[held.index((shard, shards))]} and {sources[j]} are both shard {shard} of "
+                             f"{shards}; pooled twice it would count its images twice")
+    counts = {shards for _, shards in held}
+    if len(counts) > 1:
+        raise ValueError(f"the loss-profile shards split the images in {sorted(counts)} parts: combine the shards "
+                         "of one split")
+    missing = sorted(set(range(counts.pop())) - {shard for shard, _ in held})
+    if missing:
+        raise ValueError(f"the loss-profile shards lack shard(s) {missing} of {held[0][1]}: a profile pools all of them")
+
+
+def combine_profiles(frames, sources=None):
     """One loss profile from the profiles of disjoint shards of the images (rows as `profile_records`, with
-    role, expert and the range columns): means and standard errors pooled exactly per (role, gamma)."""
+    role, expert and the range columns): means and standard errors pooled exactly per (role, gamma). A shard
+    given twice is refused (`check_profile_shards`); the result is shard 0 of 1 where the shards say theirs."""
     import pandas as pd
 
-    frame = pd.concat(list(frames), ignore_index=True)
+    frames = list(frames)
+    check_profile_shards(frames, sources)
+    frame = pd.concat(frames, ignore_index=True)
+    whole = {column: 1 if column == "shards" else 0 for column in SHARD_COLUMNS if column in frame.columns}
+    frame = frame.assign(**whole)
     keys = [column for column in frame.columns if column not in
             ("loss", "standard_error", "images", "difference", "difference_standard_error")]
     rows = []

@@ -1,12 +1,27 @@
 """The one training step every trainer here takes: learning-rate ramp, gradient guard, optimizer
 step and EMA update. Used by `train_expert` (the demo's experts), `train_recipe` (the paper-scale
-recipes, DDP and resume) and the FID digit classifier.
+recipes, DDP and resume) and the FID digit classifier; and the checks that stop a training that
+diverged before it saves anything.
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
+
+
+class TrainingDiverged(ValueError):
+    """A training that must not be saved: a non-finite loss, or no improvement on the untrained network."""
+
+
+def check_finite_loss(loss: float, step: int, *, lr: float, what: str = "loss",
+                      saved: str = "nothing was saved") -> None:
+    """TrainingDiverged naming `step` (1-based) and the loss unless `loss` is finite: the weights it
+    came from are garbage (non-finite gradients are zeroed, so they would otherwise be saved quietly)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training diverged: {what} {loss} at step {step} (lr {lr:g}); {saved}; "
+                               "lower the learning rate or check the data")
 
 
 class EMA:

@@ -75,17 +75,12 @@ def auto_switch_path(experiment_name: str) -> str:
     return f"results/{experiment_name}/diagnostics/auto_switch.json"
 
 
-def load_switches(path) -> tuple[list[str], list[float]]:
-    """(roles serving each piece from low to high noise, switch etas) from an auto-switch .json."""
-    import json
-    from pathlib import Path
+def load_switches(path, names=None, ranges=None) -> tuple[list[str], list[float]]:
+    """(roles serving each piece from low to high noise, switch etas) from an auto-switch .json, checked
+    against the experts' `names` and gamma `ranges` where given (`profile_files.read_switches`)."""
+    from .profile_files import read_switches
 
-    chosen = json.loads(Path(path).read_text())
-    roles, etas = chosen["experts"], [float(eta) for eta in chosen["switch_etas"]]
-    if len(roles) != len(etas) + 1 or set(roles) - {"quality", "likelihood"}:
-        raise ValueError(f"{path}: an auto-switch file lists one role (quality or likelihood) per piece, one piece "
-                         f"more than switches; got roles {roles} and switches {etas}")
-    return roles, etas
+    return read_switches(path, names, ranges)
 
 
 def expert_names(experiment: dict) -> dict:
@@ -240,101 +235,6 @@ def split_size(data: dict, split: str) -> int:
     return held.get(split, DIGITS_IMAGES - sum(held.values()))
 
 
-def short_schema_error(text: str) -> str:
-    """A config validation error in a few lines: what is wrong and where, without the schema that
-    jsonschema's message dumps after "Failed validating" (hundreds of lines for the top level)."""
-    lines = str(text).splitlines()
-    head = [line for line in lines if line.strip()][:3]  # "Error validating config file.", "ValidationError: ..."
-    where = next((line.rstrip(":") for line in lines if line.startswith("On instance")), "")
-    where = where.replace("On instance", "at config") if where != "On instance" else "at the top level of config.yaml"
-    return "\n".join(line for line in head if not line.startswith("Failed validating")) + f"\n({where})"
-
-
-def check_config(config: dict) -> None:
-    """Semantic checks after schema validation; one ConfigError naming the first problem."""
-    downloads = config.get("downloads", {})
-    demo = config["experiments"].get(config["demo"])
-    if demo is None or not has_analysis(demo):
-        with_analysis = [name for name, spec in config["experiments"].items() if has_analysis(spec)]
-        raise ConfigError(f"demo: {config['demo']!r} must name an experiment with measurements configured "
-                          f"(one of {with_analysis})")
-    for name, experiment in config["experiments"].items():
-        roles = sorted(spec["role"] for spec in experiment["experts"].values())
-        if roles != ["likelihood", "quality"]:
-            raise ConfigError(f"experiment {name!r}: experts need exactly one 'quality' and one 'likelihood' role, "
-                              f"got {roles}")
-        named = [(f"data.files.{role}", download) for role, download in experiment["data"].get("files", {}).items()]
-        named += [(f"experts.{expert}.fetch", spec["fetch"]["download"]) for expert, spec in experiment["experts"].items()
-                  if "fetch" in spec]
-        if "weights" in experiment.get("fid", {}):
-            named.append(("fid.weights", experiment["fid"]["weights"]))
-        for where, download in named:
-            if download not in downloads:
-                raise ConfigError(f"experiment {name!r}: {where} names the download {download!r}, which is not under "
-                                  f"downloads (configured: {', '.join(downloads) or 'none'})")
-        for expert, spec in experiment["experts"].items():
-            if "recipe" in spec:
-                try:
-                    check_recipe(spec["recipe"]["name"], spec["family"], gamma_range(spec["noise_range"]))
-                except ValueError as error:
-                    raise ConfigError(f"experiment {name!r}, expert {expert!r}: {error}") from None
-        splits = DATA_SPLITS[experiment["data"]["source"]]
-        if "loss_profile" in experiment and experiment["loss_profile"]["split"] not in splits:
-            raise ConfigError(f"experiment {name!r}: loss_profile.split {experiment['loss_profile']['split']!r} is "
-                              f"not a split of {experiment['data']['source']} (its splits: {', '.join(splits)})")
-        present = [key for key in ANALYSIS_SECTIONS if key in experiment]
-        if not present:
-            continue
-        if len(present) != len(ANALYSIS_SECTIONS):
-            raise ConfigError(f"experiment {name!r} configures {present} but not "
-                              f"{[key for key in ANALYSIS_SECTIONS if key not in present]}; give all or none of them")
-        try:
-            eta_min, eta_max = experiment_eta_range(experiment)
-            labels = eta_labels(experiment)
-            for label in labels:
-                if label == AUTO_LABEL and "loss_profile" not in experiment:
-                    raise ConfigError("eta 'auto' is chosen from the experts' loss profile: configure loss_profile")
-                if label != AUTO_LABEL:
-                    resolve_eta(label, expert_names(experiment), eta_min, eta_max)
-        except ValueError as error:
-            raise ConfigError(f"experiment {name!r}: {error}") from None
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"experiment {name!r}: etas has duplicates: {labels}")
-        drawn = [str(label) for label in experiment["figures"].get("fid_vs_nfe", [])]
-        if drawn and "heun" not in experiment["sampling"]:
-            raise ConfigError(f"experiment {name!r}: figures.fid_vs_nfe draws Heun's FIDs: configure sampling.heun")
-        if set(drawn) - set(labels):
-            raise ConfigError(f"experiment {name!r}: figures.fid_vs_nfe names {sorted(set(drawn) - set(labels))}, "
-                              f"which are not among its etas {labels}")
-        try:
-            _check_shards(experiment)
-        except ConfigError as error:
-            raise ConfigError(f"experiment {name!r}: {error}") from None
-        vlb = experiment["vlb"]
-        if vlb.get("runs_per_job", 1) > vlb["runs"]:
-            raise ConfigError(f"experiment {name!r}: vlb.runs_per_job ({vlb['runs_per_job']}) exceeds vlb.runs "
-                              f"({vlb['runs']}); runs_per_job = runs puts every run of an eta in one job")
-    for name in config.get("paper", {}):
-        if name not in config["experiments"] or not has_analysis(config["experiments"][name]):
-            raise ConfigError(f"paper: {name!r} must name an experiment with measurements configured")
-
-
-def _check_shards(experiment: dict) -> None:
-    """Every shard of the NLL and of the loss profile gets at least one image."""
-    test = min(experiment["nll"].get("images") or math.inf, split_size(experiment["data"], "test"))
-    if experiment["nll"]["shards"] > test:
-        raise ConfigError(f"nll.shards ({experiment['nll']['shards']}) exceeds the {test} test images it splits; "
-                          f"allowed: 1 to {test}")
-    profile = experiment.get("loss_profile")
-    if profile:
-        held = split_size(experiment["data"], profile["split"])
-        images = profile.get("images") or held
-        if images > held:
-            raise ConfigError(f"loss_profile.images ({images}) exceeds the {held} images of its split {profile['split']!r}")
-        if profile.get("shards", 1) > images:
-            raise ConfigError(f"loss_profile.shards ({profile['shards']}) exceeds its {images} images; allowed: 1 to {images}")
-
-
 def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=None):
     """Load two expert checkpoints and return (expert for this eta label, EtaChoice, image shape).
 
@@ -362,7 +262,7 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=No
     elif str(label) == AUTO_LABEL:
         if switches is None:
             raise ValueError("eta 'auto' needs --switches: the auto-switch .json chosen from the loss profile")
-        roles, etas = load_switches(switches)
+        roles, etas = load_switches(switches, names, {role: (e.gamma_min, e.gamma_max) for role, e in loaded.items()})
         expert = switch_many([loaded[role] for role in roles], etas)
         choice = resolve_eta(label, names, 0.0, 1.0, etas)
     else:

@@ -61,32 +61,31 @@ def cmd_loss_profile(args):
     records = []
     for role, expert in experts.items():
         ranges = {"gamma_min": expert.gamma_min, "gamma_max": expert.gamma_max, "eta_min": eta_min,
-                  "eta_max": eta_max, "gamma_0": gamma_0, "gamma_1": gamma_1}
+                  "eta_max": eta_max, "gamma_0": gamma_0, "gamma_1": gamma_1,
+                  "shard": args.shard, "shards": args.shards}  # combine-profiles refuses a shard given twice
         records += [{"role": role, "expert": stems[role].name, **record, **ranges}
                     for record in profile_records(grid, losses[role], paired)]
     write_csv(args.out, pd.DataFrame(records))
 
 
 def cmd_combine_profiles(args):
-    import pandas as pd
-
     from .loss_profile import combine_profiles
+    from .profile_files import read_loss_profile
     from .shards import write_csv
 
-    combined = combine_profiles(pd.read_csv(path) for path in args.inputs)
+    combined = combine_profiles([read_loss_profile(path, whole=False) for path in args.inputs], args.inputs)
     write_csv(args.out, combined)
     log.info("combined %d shards: %d images per gamma", len(args.inputs), combined["images"].max())
 
 
 def cmd_auto_switch(args):
-    import pandas as pd
-
     from .loss_profile import difference_curves, profile_curves
     from .noise import linear_gamma
+    from .profile_files import read_loss_profile
     from .shards import write_json
     from .switch_selection import switch_etas, vlb_optimal_switches
 
-    profile = pd.read_csv(args.profile)
+    profile = read_loss_profile(args.profile)
     gammas, curves = profile_curves(profile)
     _, _, difference_error = difference_curves(profile)
     eta_min, eta_max, gamma_0, gamma_1 = (float(profile[key].iloc[0]) for key in ("eta_min", "eta_max", "gamma_0", "gamma_1"))
@@ -111,16 +110,20 @@ def cmd_predict_vlb(args):
     from .loss_profile import predicted_vlb, profile_curves
     from .noise import linear_gamma
     from .pipeline import AUTO_LABEL, load_switches, resolve_eta
+    from .profile_files import profile_experts, read_loss_profile
     from .shards import write_csv
 
-    profile = pd.read_csv(args.profile)
+    if len(set(args.etas)) < len(args.etas):
+        raise ValueError(f"--etas names an eta more than once: {args.etas}; each is predicted once")
+    profile = read_loss_profile(args.profile)
     gammas, curves = profile_curves(profile)
-    names = dict(zip(profile["role"], profile["expert"]))
+    names, ranges = profile_experts(profile)
     eta_min, eta_max, gamma_0, gamma_1 = (float(profile[key].iloc[0]) for key in ("eta_min", "eta_max", "gamma_0", "gamma_1"))
     images, _ = _selected_images(args)
     records = []
     for label in args.etas:
-        roles, etas = load_switches(args.switches) if label == AUTO_LABEL and args.switches else (["likelihood", "quality"], None)
+        roles, etas = (load_switches(args.switches, names, ranges) if label == AUTO_LABEL and args.switches
+                       else (["likelihood", "quality"], None))
         choice = resolve_eta(label, names, eta_min, eta_max, etas)
         if choice.baseline:  # an expert alone, on its own range
             lo, hi, curve = curves[choice.baseline]
@@ -144,11 +147,10 @@ def cmd_figure_predicted_vlb(args):
 
 def cmd_figure_loss_profile(args):
     require_suffix(args.out, ".png")
-    import pandas as pd
-
     from . import figures
-
     from .pipeline import load_switches
+    from .profile_files import profile_experts, read_loss_profile
 
-    auto = load_switches(args.switches)[1] if args.switches else ()
-    figures.loss_profile_figure(pd.read_csv(args.profile), args.out, etas=args.etas, auto=auto, title=args.title)
+    profile = read_loss_profile(args.profile)
+    auto = load_switches(args.switches, *profile_experts(profile))[1] if args.switches else ()
+    figures.loss_profile_figure(profile, args.out, etas=args.etas, auto=auto, title=args.title)

@@ -69,14 +69,15 @@ def cmd_figure_tradeoff(args):
 def cmd_summary(args):
     from pathlib import Path
 
-    import pandas as pd
-
     require_suffix(args.out, ".md")
 
     from . import summary, tables
     from .files import write_text
+    from .profile_files import read_loss_profile
 
     nll, vlb, fid = (tables.load_records(*paths) for paths in (args.nll, args.vlb, args.fid))
+    profile = read_loss_profile(args.profile) if args.profile else None  # every input checked before any work
+    predicted = tables.load_records(args.predicted) if args.predicted else None
     frame = summary.results_frame(nll, vlb, fid)
     claims = summary.claims(frame, args.fid_budget)
     recommendation = summary.recommended_eta(frame, args.recommend_fid_budget)
@@ -88,13 +89,13 @@ def cmd_summary(args):
                  "within 5% of the ODE's FID at ≤ ¼ of its NFE)\n\n" + summary.few_step_markdown(summary.few_step_frame(fid)))
     if all(f"vlb_{term}" in frame.columns for term in summary.VLB_TERMS):
         text += "\nThe VLB by term (Eq. 6; bits/dim, mean over runs)\n\n" + summary.vlb_terms_markdown(frame)
-    if args.profile:
+    if profile is not None:
         text += ("\nDenoising loss per dimension L(γ) on the selection images (the VLB integrand, Eq. 7)\n\n"
-                 + summary.profile_markdown(pd.read_csv(args.profile)))
-    if args.predicted:
+                 + summary.profile_markdown(profile))
+    if predicted is not None:
         text += ("\nThe VLB predicted from the experts' L(γ) on the selection images (Eq. 6–7, no further network "
                  "evaluation) beside the one measured on the test images\n\n"
-                 + summary.predicted_markdown(frame, tables.load_records(args.predicted)))
+                 + summary.predicted_markdown(frame, predicted))
     out = Path(args.out)
     write_text(out.with_suffix(".csv"), claims.to_csv(index=False))
     write_text(out, text)
@@ -118,6 +119,10 @@ def cmd_figure_grid(args):
         raise ValueError(f"--count {args.count} is more than the shards hold: {args.shards[fewest]} has "
                          f"{len(shards[fewest]['images'])} samples")
     columns = [shard["record"]["eta_label"] for shard in shards]
+    for k, label in enumerate(columns):
+        if label in columns[:k]:
+            raise ValueError(f"{args.shards[columns.index(label)]} and {args.shards[k]} are both samples at eta {label}; "
+                             "a grid has one column per eta")
     panels = [shard["images"][:args.count] for shard in shards]
     seeds = shards[0]["seeds"][:args.count]
     if any(not np.array_equal(shard["seeds"][:args.count], seeds) for shard in shards):

@@ -16,6 +16,7 @@ import torch
 
 from .experts.base import check_expert, raise_if_not_finite
 from .images import to_uint8
+from .limits import TOLERANCE, in_range
 from .merge import pieces
 from .noise import gamma_to_noise_level, linear_gamma, vp_alpha_sigma
 from .seeding import per_image_draw, per_image_generators
@@ -106,11 +107,23 @@ def vp_velocity(denoised: torch.Tensor, z: torch.Tensor, alpha: float) -> torch.
     return alpha * (alpha * z - denoised) / 2
 
 
+def check_tolerances(rtol, atol) -> None:
+    """Refuse solver tolerances outside limits.TOLERANCE: below it the float64 steps underflow (a NaN noise level
+    deep in the solve), above it the error control means nothing."""
+    low, high = TOLERANCE
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan  # in no range
+        if not in_range(number, TOLERANCE):
+            raise ValueError(f"solver tolerances: {name} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
 def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, batch_size: int = 64,
                error_norm: str = "batch-rms", device=None) -> SampleRecord:
     """The VP PF-ODE from z ~ N(0, I) at gamma_max to gamma_min with dopri5 (RK45), then x = z/alpha."""
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"tolerances must be > 0, got rtol={rtol}, atol={atol}")
+    check_tolerances(rtol, atol)
     norm = solver_norm(error_norm)
 
     def batch(expert, seeds, generators, shape, device):

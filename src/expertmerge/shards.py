@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import zipfile
 
 import numpy as np
 
 from .files import atomic_path
+from .npz import FEATURES, IMAGES, INTEGERS, ArraySpec, load_npz
 
 
 def write_json(path, payload) -> None:
@@ -29,33 +29,20 @@ def save_sample_shard(path, *, images: np.ndarray, seeds: np.ndarray, nfe: np.nd
                      record=np.array(json.dumps(record)))
 
 
-def load_arrays(path, names, what: str) -> dict:
-    """The named arrays of an .npz file (members load lazily); a ValueError naming the file if it is not an
-    .npz or lacks one of them. `what` says what the file should be, e.g. "a sample shard"."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, EOFError):  # neither .npz nor .npy: numpy takes it for a pickle, which it refuses
-        raise ValueError(f"{path} is not a .npz file, as {what} must be") from None
-    except (OSError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path} is not a readable .npz file, as {what} must be: {error}") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is not a .npz file, as {what} must be, but a single .npy array")
-    with data:
-        missing = [name for name in names if name not in data.files]
-        if missing:
-            raise ValueError(f"{path} is missing the array(s) {', '.join(missing)} of {what}; it holds "
-                             f"{', '.join(data.files) or 'none'}")
-        try:
-            return {name: data[name] for name in names}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"cannot read {path} ({what}): {error}") from None
+def load_arrays(path, names, what: str, specs: dict | None = None) -> dict:
+    """The named arrays of an .npz file, each checked against `specs` before it is read (expertmerge.npz); a
+    ValueError naming the file if it is not an .npz or lacks one of them. `what` says what the file should be."""
+    return load_npz(path, names, what, specs)
+
+
+# What a sample shard's arrays must be, checked from their headers before they are read.
+SHARD_SPECS = {"images": IMAGES, "seeds": INTEGERS, "nfe": INTEGERS, "features": FEATURES,
+               "record": ArraySpec("a JSON string", ndims=(0,), kinds="U")}
 
 
 def load_shard(path, *fields: str) -> dict:
     """Only the named arrays of a shard, plus its record."""
-    out = load_arrays(path, [*fields, "record"], "a sample shard")
+    out = load_arrays(path, [*fields, "record"], "a sample shard", SHARD_SPECS)
     try:
         out["record"] = json.loads(str(out["record"]))
     except ValueError:

@@ -8,11 +8,14 @@ A record is one row (dict / DataFrame row / CSV or JSON row) with these columns:
                     plotting convention 0 for the quality baseline (EDM) and 1 for the likelihood one (VDM).
   gamma_min, gamma_max  float, optional: a baseline's native gamma range, shown in its label.
   Table 1:   bpd_mean, bpd_sem (standard error across test images), nfe_mean   (ODE likelihood);
-             or per-image `bpd`, `nfe` rows, which are reduced with `nll_summary`
+             or per-image `image`, `bpd`, `nfe` rows (and `batch_size`, the batch the image was solved in), which
+             are reduced with `nll_summary`; "NFE batch" is then the largest batch actually solved
   Table 2:   sampler ("ode", "ancestral", "heun18" = Heun at 18 steps, ...), fid, nfe_mean; optional fid_spread
              (std across seed groups)
-  Table 4:   vlb_mean, vlb_std (over runs); or per-run `vlb` rows, which are reduced with `vlb_summary`
+  Table 4:   vlb_mean, vlb_std (over runs); or per-run `run`, `vlb` rows, which are reduced with `vlb_summary`
 Rows come out in eta order. Numbers stay numeric in the CSV; the .md and .tex files show "mean ± error".
+A file of per-image NLL, per-run VLB, FID or predicted-VLB records (RECORD_KINDS) is checked when read, and
+no measurement may be pooled twice: not a test image, a run or a sampler's FID of one eta.
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from .files import write_text
+from .records import KEYS, check_distinct, read_records, record_kind
 
-KEYS = ("eta_label", "eta")
 SAMPLER_NAMES = {"ode": "ODE", "ancestral": "ancestral", "heun": "Heun"}  # display names; others shown as given
 
 
@@ -35,14 +38,9 @@ def sampler_title(sampler: str) -> str:
 
 
 def load_records(*paths) -> pd.DataFrame:
-    """Concatenate records from .csv / .json files (JSON: a list of objects)."""
-    readers = {".csv": pd.read_csv, ".json": pd.read_json}
-    frames = []
-    for path in map(Path, paths):
-        if path.suffix not in readers:
-            raise ValueError(f"records file {path} must end in .csv or .json")
-        frames.append(readers[path.suffix](path, dtype={"eta_label": str}))
-    return check_records(pd.concat(frames, ignore_index=True) if frames else [], ())
+    """Concatenate records from .csv / .json files (JSON: a list of objects), each checked as its kind
+    (`expertmerge.records`); a measurement given twice, in one file or across files, is refused."""
+    return check_records(read_records(*paths), ())
 
 
 def check_records(records, columns) -> pd.DataFrame:
@@ -64,6 +62,9 @@ def check_records(records, columns) -> pd.DataFrame:
         df[column] = values
     if "dataset" in df.columns and df["dataset"].nunique() > 1:
         raise ValueError(f"records mix datasets {sorted(df['dataset'].unique())}; build one table per dataset")
+    kind = record_kind(columns)
+    if kind is not None and all(column in df.columns for column in kind.identity):
+        check_distinct(df, kind.identity)
     return df
 
 
@@ -92,7 +93,7 @@ def nll_summary(records) -> pd.DataFrame:
         return check_records(df, ("bpd_mean", "bpd_sem", "nfe_mean"))
     by = _grouping(df)
     out = summarize(df, "bpd", by).merge(summarize(df, "nfe", by)[[*by, "nfe_mean"]], on=list(by))
-    if "batch_size" in df.columns:  # NFE depend on the batch an adaptive solve shared: keep it beside them
+    if "batch_size" in df.columns:  # NFE depend on the batch an adaptive solve shared: the largest, beside them
         out = out.merge(df.groupby(list(by), sort=False, dropna=False)["batch_size"].max().reset_index(), on=list(by))
     return out
 

@@ -6,7 +6,8 @@ only); `DEFAULTS` here holds the rest. The papers' EMA constants (VDM 0.9999, ED
 0.5 Mimg) are for runs of millions of steps; here the EMA decay is capped at `ema_decay` and ramps
 up as EDM's does (half-life at most `ema_rampup` of the steps so far). The EMA network is
 evaluated on the validation split with fixed noise every `eval_every` steps and the best one is
-saved.
+saved. Nothing is saved when a training or validation loss is not finite, or when no evaluation
+improved on the untrained network's (step 0): its "best" would be the untrained weights.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from .experts.checkpoint import build_network, expert_constants, family_module, save_expert
 from .images import from_uint8
 from .networks import count_parameters
-from .optimization import EMA, make_optimizer, optimizer_step, ramped_lr
+from .optimization import EMA, TrainingDiverged, check_finite_loss, make_optimizer, optimizer_step, ramped_lr
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,23 @@ def validation_loss(loss_fn: Callable, net: torch.nn.Module, x_val: torch.Tensor
     return float(torch.stack([loss_fn(net, x_val, generator).mean() for _ in range(repeats)]).mean())
 
 
+def _checked_validation(loss_fn: Callable, net: torch.nn.Module, x_val: torch.Tensor, seed: int, config: TrainConfig,
+                        step: int) -> float:
+    """`validation_loss`, or TrainingDiverged if it is not finite."""
+    loss = validation_loss(loss_fn, net, x_val, seed, config.val_repeats)
+    check_finite_loss(loss, step, lr=config.lr, what="validation loss")
+    return loss
+
+
+def _refuse_unimproved(best: dict, history: list, config: TrainConfig) -> None:
+    """TrainingDiverged if the best EMA network is the untrained one (step 0): that is no expert."""
+    if best["step"] == 0:
+        raise TrainingDiverged(
+            f"training never improved on the untrained network's validation loss {history[0]['val_loss']:.6g} "
+            f"(last {history[-1]['val_loss']:.6g} at step {history[-1]['step']}, lr {config.lr:g}); nothing was saved; "
+            "lower the learning rate if the loss grew, else train longer")
+
+
 def _log_progress(record: dict) -> None:
     log.info("step %d/%d  train %.4f  val %.4f (best %.4f at %d)  %.0fs elapsed, ETA %.0fs",
              record["step"], record["steps"], record["train_loss"], record["val_loss"], record["best_val_loss"],
@@ -125,17 +143,18 @@ def train_expert(family: str, train_images, val_images, *, out_stem, seed: int =
         generator = torch.Generator().manual_seed(seed)
         batches = _batches(len(x_train), config.batch_size, generator)
         val_seed = seed + 1_000_003
-        best = dict(step=0, val_loss=validation_loss(loss_fn, ema.net, x_val, val_seed, config.val_repeats))
+        best = dict(step=0, val_loss=_checked_validation(loss_fn, ema.net, x_val, val_seed, config, 0))
         best_state = copy.deepcopy(ema.net.state_dict())
         history, running, start = [dict(step=0, train_loss=None, val_loss=best["val_loss"])], [], time.perf_counter()
         for step in range(config.steps):
             loss = loss_fn(net, x_train[next(batches)], generator).mean()
+            running.append(loss.item())
+            check_finite_loss(running[-1], step + 1, lr=config.lr)
             optimizer_step(net, optimizer, loss, lr=ramped_lr(config.lr, step + 1, config.warmup_steps), ema=ema,
                            step=step, grad_clip=config.grad_clip)
-            running.append(loss.item())
             done = step + 1
             if done % config.eval_every == 0 or done == config.steps:
-                val_loss = validation_loss(loss_fn, ema.net, x_val, val_seed, config.val_repeats)
+                val_loss = _checked_validation(loss_fn, ema.net, x_val, val_seed, config, done)
                 history.append(dict(step=done, train_loss=_mean_of_last(running, config.eval_every), val_loss=val_loss))
                 if val_loss < best["val_loss"]:
                     best, best_state = dict(step=done, val_loss=val_loss), copy.deepcopy(ema.net.state_dict())
@@ -145,6 +164,7 @@ def train_expert(family: str, train_images, val_images, *, out_stem, seed: int =
                             val_loss=history[-1]["val_loss"], best_val_loss=best["val_loss"], best_step=best["step"],
                             elapsed_s=elapsed, eta_s=elapsed / done * (config.steps - done)))
     wall = time.perf_counter() - start
+    _refuse_unimproved(best, history, config)
     ema.net.load_state_dict(best_state)
     meta["training"] = dict(
         asdict(config), seed=seed, loss=family_module(family).LOSS, best_step=best["step"], best_val_loss=best["val_loss"],

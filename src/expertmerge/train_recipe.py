@@ -21,6 +21,10 @@ slice [kB, (k+1)B) of a sequence of per-epoch permutations seeded by (seed, epoc
 order does not depend on the world size; each rank takes its contiguous share of it. Noise and
 dropout come from generators seeded by (seed, step, rank): a run is reproducible for a given
 world size, and a run killed and resumed from its checkpoint ends bit-identical to one that was not.
+
+Every step's loss is checked at each log line and before each save, on every rank at once: a
+non-finite one stops the run (TrainingDiverged) before a diverged state or expert is written. The
+expert is the final EMA, not a best one: without a validation split there is nothing to compare with.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import torch
 from .experts.checkpoint import build_network, family_module, save_expert
 from .files import atomic_path
 from .images import PixelScale, from_uint8
-from .optimization import EMA, make_optimizer, optimizer_step, ramped_lr
+from .optimization import EMA, check_finite_loss, make_optimizer, optimizer_step, ramped_lr
 from .recipes import Recipe, get_recipe
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,27 @@ def _save_checkpoint(path: Path, net, ema: EMA, optimizer, step: int, run: dict)
         torch.save(state, temporary)
 
 
+
+
+def _checked_losses(losses: list, last_step: int, lr: float, rank: int, world: int) -> list[float]:
+    """This rank's per-step losses up to `last_step` (1-based) as floats; TrainingDiverged on every rank
+    at the first non-finite loss of any rank, so that no rank is left waiting for the others."""
+    values = torch.stack(losses).double()
+    first = last_step - len(losses) + 1
+    found = torch.zeros(2, world, dtype=torch.float64, device=values.device)  # (step, loss) per rank; step 0: none
+    bad = (~torch.isfinite(values)).nonzero().flatten()
+    if len(bad):
+        found[0, rank], found[1, rank] = first + int(bad[0]), values[bad[0]]
+    if world > 1:
+        torch.distributed.all_reduce(found)  # each rank fills only its own column
+    steps = found[0].tolist()
+    bad_ranks = [r for r in range(world) if steps[r] > 0]
+    if bad_ranks:
+        first_bad = min(bad_ranks, key=lambda r: steps[r])
+        where = f" of rank {first_bad}" if world > 1 else ""
+        check_finite_loss(found[1, first_bad].item(), int(steps[first_bad]), lr=lr, what=f"loss{where}",
+                          saved="the training state and the expert were not saved after it")
+    return values.tolist()
 
 
 def _start_state(candidates, run: dict, stop: int, device):
@@ -170,7 +195,7 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
         if world > 1 else net
     loss_fn = family_module(recipe.family).loss(meta)  # takes its constants from meta: DDP hides the net's attributes
     local = batch_size // world
-    started, losses = time.perf_counter(), []
+    started, unchecked, since_log = time.perf_counter(), [], []
     for step in range(start_step, stop):
         indices = batch_indices(len(images), batch_size, step, seed)[rank * local:(rank + 1) * local]
         x0 = from_uint8(images[indices], pixels).to(device)
@@ -180,15 +205,20 @@ def train(recipe, images_uint8_nhwc, out_dir, *, max_steps: int | None = None, b
         # NVlabs / optax: the ramp counts the images seen before this step
         optimizer_step(net, optimizer, loss, lr=ramped_lr(recipe.lr, step * batch_size, recipe.lr_rampup_images),
                        ema=ema, step=step, grad_clip=recipe.grad_clip)
-        losses.append(loss.detach())
+        unchecked.append(loss.detach())  # checked in bulk: a check per step would wait for the GPU every step
         done = step + 1
-        if rank == 0 and (done % log_every == 0 or done == stop):
-            elapsed = time.perf_counter() - started
-            rate = (done - start_step) / elapsed
-            log.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f s elapsed, ETA of this job %.0f s", done, steps,
-                     float(torch.stack(losses).mean()), rate, elapsed, (stop - done) / rate)
-            losses = []
-        if done % checkpoint_every == 0 or done == stop:
+        at_log, at_save = done % log_every == 0 or done == stop, done % checkpoint_every == 0 or done == stop
+        if at_log or at_save:
+            since_log += _checked_losses(unchecked, done, recipe.lr, rank, world)
+            unchecked = []
+        if at_log:
+            if rank == 0:
+                elapsed = time.perf_counter() - started
+                rate = (done - start_step) / elapsed
+                log.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f s elapsed, ETA of this job %.0f s", done, steps,
+                         sum(since_log) / len(since_log), rate, elapsed, (stop - done) / rate)
+            since_log = []
+        if at_save:
             if rank == 0:
                 _save_checkpoint(checkpoint_path, net, ema, optimizer, done, run)
             if world > 1:

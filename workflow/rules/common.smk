@@ -3,7 +3,8 @@
 import re
 
 from expertmerge import rule_arguments
-from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, check_config, eta_labels, expert_names, expert_stem,
+from expertmerge.configuration import check_config
+from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, eta_labels, expert_names, expert_stem,
                                   has_analysis, previous_training_state, sampler_names, shard_ranges, training_state_path,
                                   unpinned_downloads, vlb_job_name, vlb_job_runs)
 

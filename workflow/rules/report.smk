@@ -48,7 +48,7 @@ rule table4:
     log:
         "results/{experiment}/logs/table4.log",
     params:
-        arguments=lambda w, input: rule_arguments.table4_arguments(input.predicted),
+        arguments=lambda w: rule_arguments.table4_arguments(predicted_vlb_files(w)),  # not from `input` (see rule summary)
     shell:
         "expertmerge table --table 4 --inputs {input.vlb:q} {params.arguments} --out {output.csv:q}"
         " > {log:q} 2>&1"
@@ -90,8 +90,10 @@ rule summary:
     log:
         "results/{experiment}/logs/summary.log",
     params:
-        arguments=lambda w, input: rule_arguments.summary_arguments(config, w.experiment, input.profile,
-                                                                    input.predicted),
+        # From config and wildcards only: Snakemake leaves a params function that reads `input` out of its
+        # params rerun trigger (a changed recommend.fid_budget would leave a stale summary).
+        arguments=lambda w: rule_arguments.summary_arguments(config, w.experiment, loss_profile_files(w),
+                                                             predicted_vlb_files(w)),
     shell:
         "expertmerge summary --nll {input.nll:q} --vlb {input.vlb:q} --fid {input.fid:q} {params.arguments}"
         " --out {output.md:q} > {log:q} 2>&1"

@@ -3,6 +3,8 @@
 from snakemake.utils import min_version
 
 from expertmerge.configuration import check_config_files, validate_config
+from expertmerge.plugins import load_plugins
+from expertmerge.samplers import result_pattern
 
 min_version("9.20")
 
@@ -12,6 +14,7 @@ configfile: "config.yaml"
 
 # Refused in seconds whatever its shape: duplicate keys, aliases expanding beyond reason, then the schema
 # (jsonschema directly: Snakemake's `validate` prints the whole instance, for ever for a "billion laughs").
+load_plugins()  # a researcher's own samplers, tables and families (EXPERTMERGE_PLUGINS)
 check_config_files(workflow.configfiles)
 validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 
@@ -22,7 +25,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 wildcard_constraints:
     experiment="|".join(config["experiments"]),
-    sampler=r"ode|ancestral|heun\d+",
+    sampler=result_pattern(),  # every declared sampler's result names (expertmerge.samplers)
     shard=r"\d+",
     runs=r"run\d+|runs\d+-\d+",  # a VLB job: one run, or runs first..last
     expert=r"[a-z][a-z0-9_-]*",

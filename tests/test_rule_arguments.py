@@ -13,8 +13,9 @@ from expertmerge.configuration import validate_config
 
 from expertmerge import rule_arguments
 from expertmerge.cli import build_parser
+from expertmerge.samplers import experiment_results
 from expertmerge.pipeline import (IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, has_analysis,
-                                  numeric_etas, sampler_names, shard_ranges, vlb_job_name, vlb_job_runs, training_chunk_stops,
+                                  numeric_etas, shard_ranges, vlb_job_name, vlb_job_runs, training_chunk_stops,
                                   training_state_path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_reference_statistics(name):
 @pytest.mark.parametrize("name", ANALYSED)
 def test_heun_sample_shards_one_per_step_count(name):
     sampling = CONFIG["experiments"][name]["sampling"]
-    names = sampler_names(CONFIG["experiments"][name])
+    names = experiment_results(sampling)
     assert names == ["ode", "ancestral", *(f"heun{steps}" for steps in sampling["heun"]["steps"])]
     for sampler, steps in zip(names[2:], sampling["heun"]["steps"]):
         args = parse("sample", rule_arguments.sample_shard_arguments(CONFIG, name, sampler, "0.5", "0"))
@@ -165,11 +166,11 @@ def test_heun_sample_shards_one_per_step_count(name):
     assert args.etas == [str(eta) for eta in CONFIG["experiments"][name]["figures"]["fid_vs_nfe"]]
 
 
-def test_heun_schedules_agree_between_the_schema_the_cli_and_the_sampler():
+def test_heun_schedules_agree_between_the_declaration_the_cli_and_the_sampler():
+    from expertmerge.samplers import get_sampler
     from expertmerge.sampling import HEUN_SCHEDULES
 
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    heun = schema["$defs"]["experiment"]["properties"]["sampling"]["properties"]["heun"]["properties"]["schedule"]
+    heun = get_sampler("heun").option("schedule").schema
     cli = next(action for action in build_parser()._subparsers._group_actions[0].choices["sample"]._actions
                if action.dest == "schedule")
     assert tuple(heun["enum"]) == tuple(cli.choices) == HEUN_SCHEDULES

@@ -178,7 +178,7 @@ def test_few_step_frame_gives_the_ratios_and_the_goal():
     text = few_step_markdown(few_step_frame(heun_records()))
     assert "| EDM | 10.0 (120) | 30.0 (9) | 12.0 (17) | 10.6 (35) | 1.060 | 0.292 | none | no |" in text
     assert "| 0.5 | 20.0 (200) | 25.0 (9) | 20.9 (17) | 20.2 (35) | 1.010 | 0.175 | 17 | yes |" in text
-    with pytest.raises(ValueError, match="no Heun FID records"):
+    with pytest.raises(ValueError, match="no FID records of a sampler run at several step counts"):
         few_step_frame(heun_records().query("sampler == 'ode'"))
 
 

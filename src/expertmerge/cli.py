@@ -9,9 +9,12 @@ import logging
 import sys
 
 from . import commands, limits, profile_commands, report_commands
-from .arguments import (batch, bounded_int, budget_pair, decay, fraction, images, in_range, json_object, key_value, seed,
+from .arguments import (batch, bounded_float, bounded_int, budget_pair, decay, fraction, images, in_range, json_object, key_value, seed,
                         seed_range, shard, shards, steps, threads, unit)
 from .experts.registry import family_names, import_formats
+from .files import check_output_path
+from .plugins import load_plugins
+from .samplers import SAMPLERS, sampler_names
 
 log = logging.getLogger("expertmerge")
 
@@ -50,6 +53,29 @@ def _device(parser):
     parser.add_argument("--device", default="auto", help="auto (a free GPU if any, else cpu), cpu or cuda:N")
 
 
+def _sampler_options(parser):
+    """One flag per sampler option (`expertmerge.samplers`); a flag two samplers share takes the union of their
+    ranges here, and each sampler's own range when the command runs (`samplers.resolve_options`)."""
+    declared = {}
+    for sampler in SAMPLERS.values():
+        for option in sampler.options:
+            declared.setdefault(option.name, []).append((sampler, option))
+    for name, users in declared.items():
+        option = users[0][1]
+        help_text = "; ".join(f"{sampler.name}: {option.help} (default {option.default})" for sampler, option in users)
+        if option.schema.get("type") == "boolean":
+            parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        schemas = [option.schema for _, option in users]
+        if "enum" in option.schema:
+            choices = list(dict.fromkeys(value for schema in schemas for value in schema["enum"]))
+            parser.add_argument(option.flag, choices=choices, default=None, help=help_text)
+            continue
+        low, high = min(schema["minimum"] for schema in schemas), max(schema["maximum"] for schema in schemas)
+        kind = bounded_int(low, high) if option.schema["type"] == "integer" else bounded_float(low, high)
+        parser.add_argument(option.flag, type=kind, default=None, help=help_text)
+
+
 def _features(parser):
     parser.add_argument("--features-kind", choices=["digits-classifier", "inception"], default="digits-classifier")
     parser.add_argument("--features", required=True, help="classifier stem, or the Inception weights file")
@@ -73,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub, out_help)
         return sub
 
+    for group in (_data_commands, _expert_commands, _measurement_commands, _profile_commands, _report_commands):
+        group(command)
+    return parser
+
+
+def _data_commands(command):
+    """Getting data: data sets and downloads."""
     sub = command("dataset", commands.cmd_dataset, "a data set as train/(val/)test uint8 arrays", "splits .npz")
     sub.add_argument("--source", choices=["sklearn-digits", "cifar10", "imagenet32"], default="sklearn-digits")
     sub.add_argument("--seed", type=seed, default=0, help="sklearn-digits: split seed")
@@ -91,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--deadline", type=in_range(limits.DOWNLOAD_DEADLINE), default=None, metavar="SECONDS",
                      help="give up when the download is not complete after this long (default: no deadline)")
 
+
+def _expert_commands(command):
+    """Making experts: importing, training (demo and paper-scale), the FID classifier."""
     sub = command("import-expert", commands.cmd_import_expert, "convert an expert made elsewhere into an expert checkpoint",
                   "checkpoint stem")
     sub.add_argument("--input", required=True, help="the file (or, for --format expertmerge, the checkpoint stem)")
@@ -141,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--seed", seed)):
         sub.add_argument(flag, type=kind, required=True)
 
+
+def _measurement_commands(command):
+    """Measuring: reference statistics, samples and their FID, the ODE NLL and the VLB."""
     sub = command("reference-stats", commands.cmd_reference_stats, "FID reference statistics of a split", "statistics .npz")
     sub.add_argument("--data", required=True)
     sub.add_argument("--split", default="train")
@@ -149,16 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("sample", commands.cmd_sample, "generate one shard of samples (and their FID features)", "shard .npz")
     _experts(sub)
-    sub.add_argument("--sampler", choices=["ode", "ancestral", "heun"], required=True)
+    sub.add_argument("--sampler", choices=sampler_names(), required=True, help="a sampler of expertmerge.samplers")
     sub.add_argument("--seeds", type=seed_range, required=True, help="START:STOP; image i uses seed i")
-    sub.add_argument("--rtol", type=in_range(limits.TOLERANCE), default=1e-5)
-    sub.add_argument("--atol", type=in_range(limits.TOLERANCE), default=1e-5)
-    sub.add_argument("--steps", type=steps, default=None, help="ancestral: 256, heun: 18 by default")
-    sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
-                     help="ode: how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
-    sub.add_argument("--clip-denoised", action="store_true", help="ancestral: clip D to [-1, 1] (VDM's clip_samples)")
-    sub.add_argument("--schedule", choices=["inserted", "split"], default="split",
-                     help="heun: a merge's switch added to EDM's levels (inserted), or taking one level's place (split)")
+    _sampler_options(sub)
     sub.add_argument("--batch-size", type=batch, default=500)
     _features(sub)
 
@@ -167,17 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--shards", nargs="+", required=True)
     sub.add_argument("--seed-groups", type=bounded_int(2, limits.MAX_SHARDS), default=5, help="disjoint seed groups for the FID spread")
 
+    measure = {}
     for name, handler, text, out in (("nll", commands.cmd_nll, "PF-ODE NLL of one shard of a split", "per-image .csv"),
                                      ("vlb", commands.cmd_vlb, "runs of the variational bound on a split",
                                       "per-run .json")):
-        sub = command(name, handler, text, out)
+        sub = measure[name] = command(name, handler, text, out)
         _experts(sub)
         sub.add_argument("--data", required=True)
         sub.add_argument("--split", default="test")
         sub.add_argument("--batch-size", type=batch, default=400)
     sub.add_argument("--runs", type=seed, nargs="+", required=True, metavar="RUN",
                      help="run seeds; each run is one record, the same as when run alone")
-    sub = subcommands.choices["nll"]
+    sub = measure["nll"]
     sub.add_argument("--shard", type=shard, default=0)
     sub.add_argument("--shards", type=shards, default=1)
     sub.add_argument("--images", type=images, default=None, help="use the first this many images of the split")
@@ -187,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
                      help="how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
 
+
+def _profile_commands(command):
+    """The per-noise-level view: loss profiles, the switches they choose and the VLB they predict."""
     sub = command("loss-profile", profile_commands.cmd_loss_profile, "each expert's denoising loss L(gamma) on one gamma grid",
                   "profile .csv")
     _expert_pair(sub)
@@ -215,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--etas", nargs="+", required=True, help="eta labels, as config.yaml's etas")
     sub.add_argument("--switches", default=None, help="eta auto: the auto-switch .json")
 
+    sub = command("figure-predicted-vlb", profile_commands.cmd_figure_predicted_vlb,
+                  "the VLB predicted from L(gamma) against the measured VLB, per eta", "figure .png path")
+    sub.add_argument("--vlb", nargs="+", required=True, help="per-run VLB .json files")
+    sub.add_argument("--predicted", required=True, help="a predict-vlb .csv")
+
+    sub = command("figure-loss-profile", profile_commands.cmd_figure_loss_profile, "L(gamma) of both experts, etas marked",
+                  "figure .png path")
+    sub.add_argument("--profile", required=True, help="loss-profile .csv")
+    sub.add_argument("--etas", type=unit, nargs="*", default=[], help="switch levels to mark, each in [0, 1]")
+    sub.add_argument("--switches", default=None, help="an auto-switch .json: its switches are marked")
+    sub.add_argument("--title", default=None)
+
+
+def _report_commands(command):
+    """Assembling results: tables, figures and the summary."""
     sub = command("table", report_commands.cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
     sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
     sub.add_argument("--inputs", nargs="+", required=True)
@@ -248,11 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--etas", nargs="+", required=True, help="the eta labels to draw")
     sub.add_argument("--title", default=None)
 
-    sub = command("figure-predicted-vlb", profile_commands.cmd_figure_predicted_vlb,
-                  "the VLB predicted from L(gamma) against the measured VLB, per eta", "figure .png path")
-    sub.add_argument("--vlb", nargs="+", required=True, help="per-run VLB .json files")
-    sub.add_argument("--predicted", required=True, help="a predict-vlb .csv")
-
     sub = command("summary", report_commands.cmd_summary, "every eta's NLL, FID and VLB, and the paper's claims checked",
                   "summary .md path (the claims also as .csv beside it)")
     for flag in ("--nll", "--vlb", "--fid"):
@@ -272,45 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--shards", nargs="+", required=True, help="shard 0 of each eta, in column order")
     sub.add_argument("--title", default="")
 
-    sub = command("figure-loss-profile", profile_commands.cmd_figure_loss_profile, "L(gamma) of both experts, etas marked",
-                  "figure .png path")
-    sub.add_argument("--profile", required=True, help="loss-profile .csv")
-    sub.add_argument("--etas", type=unit, nargs="*", default=[], help="switch levels to mark, each in [0, 1]")
-    sub.add_argument("--switches", default=None, help="an auto-switch .json: its switches are marked")
-    sub.add_argument("--title", default=None)
-    return parser
-
-
-# Files a command writes beside --out: a checkpoint stem's, a figure's .pdf, a table's .md and .tex, a .json record.
-_BESIDE_STEM, _BESIDE_SUFFIXES = (".safetensors", ".json"), (".pdf", ".md", ".tex", ".csv", ".json")
-
-
-def check_writable(out) -> None:
-    """Fail before any work if --out (or a file written beside it) exists but is not a regular file (a device,
-    FIFO or folder, which the finished output would replace), or if its folder (or the nearest one there is)
-    cannot be written (a read-only or missing mount). Creates nothing."""
-    import tempfile
-    from pathlib import Path
-
-    from .files import non_regular_kind
-
-    out = Path(out)
-    beside = [] if not out.name else [out.with_name(out.name + suffix) for suffix in _BESIDE_STEM] + \
-        [out.with_suffix(suffix) for suffix in _BESIDE_SUFFIXES if out.suffix != suffix]
-    for path in [out, *beside]:
-        kind = non_regular_kind(path)
-        if kind:
-            where = f"--out {out}" if path == out else f"{path}, written beside --out,"
-            raise OSError(f"{where} is {kind}, not a regular file; the finished output would replace it, so give "
-                          f"the path of a file")
-    folder = next(path for path in [out.parent, *out.parent.parents] if path.exists())  # made when writing, not now
-    if not folder.is_dir():
-        raise OSError(f"cannot write the output {out}: {folder} is not a folder")
-    try:
-        tempfile.TemporaryFile(dir=folder).close()  # leaves nothing behind
-    except OSError as error:
-        raise OSError(f"cannot write the output {out}: {error.strerror or error} in {folder}") from None
-
 
 # Flags taking many values, and how many they may take (an argument type sees one value at a time).
 _MOST_VALUES = {"runs": limits.MAX_RUNS, "etas": limits.MAX_ETAS}
@@ -325,19 +332,22 @@ def check_value_counts(parser, args) -> None:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_plugins()  # a researcher's own samplers and tables are choices of the parser
+    except ValueError as error:
+        sys.stderr.write(f"expertmerge: error: {error}\n")
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     check_value_counts(parser, args)
     args.argv = argv  # train-recipe re-launches itself under torchrun with them
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        check_writable(args.out)
+        check_output_path(args.out)
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        if getattr(args, "steps", 0) is None:
-            args.steps = {"ancestral": 256, "heun": 18}.get(getattr(args, "sampler", ""), None)
         args.handler(args)
     except Exception as error:  # bad input, a full disk, a refused file: one line, no traceback (--debug: both)
         if args.debug:

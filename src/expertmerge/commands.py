@@ -156,18 +156,16 @@ def cmd_sample(args):
     from .devices import resolve_device
     from .features import check_feature_input, load_feature_network
     from .pipeline import build_expert
-    from .sampling import sample_ancestral, sample_heun, sample_ode
+    from .samplers import get_sampler, given_options, resolve_options
     from .shards import save_sample_shard
 
+    declared = get_sampler(args.sampler)
+    options = resolve_options(declared, given_options(args))  # each in its sampler's own range, before any work
     device = resolve_device(args.device)
     expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     check_feature_input(args.features_kind, shape)  # before sampling, not after it
-    sampler, options = {
-        "ode": (sample_ode, {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm}),
-        "ancestral": (sample_ancestral, {"steps": args.steps, "clip_denoised": args.clip_denoised}),
-        "heun": (sample_heun, {"steps": args.steps, "schedule": args.schedule}),
-    }[args.sampler]
-    name = f"heun{args.steps}" if args.sampler == "heun" else args.sampler  # Heun's results are per step count
+    sampler = declared.implementation()
+    name = declared.result_name(options)  # Heun's results are per step count: "heun18"
     seeds, images, nfe = list(args.seeds), [], []
     progress = Progress(len(seeds), f"{args.sampler} samples at eta={args.eta}")
     for start in range(0, len(seeds), args.batch_size):  # image i uses seed i (the ODE's step size is per batch)

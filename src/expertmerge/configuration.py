@@ -85,7 +85,7 @@ def validate_config(config: dict, schema_path) -> None:
     import jsonschema
 
     check_config_values(config)
-    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    schema = with_samplers(yaml.safe_load(Path(schema_path).read_text(encoding="utf-8")))
     error = jsonschema.exceptions.best_match(_with_defaults(schema).iter_errors(config))
     if error is not None:
         where = "".join(f"[{_shown(part)}]" for part in error.absolute_path)
@@ -93,8 +93,23 @@ def validate_config(config: dict, schema_path) -> None:
         raise ConfigError(f"config.yaml: {_short(error.message, 300)} ({where})")
 
 
+def with_samplers(schema: dict) -> dict:
+    """The schema with each registered sampler's section under experiments.<name>.sampling, as declared in
+    `expertmerge.samplers` (the paper's samplers required)."""
+    from .samplers import SAMPLERS
+
+    sampling = schema["$defs"]["experiment"]["properties"]["sampling"]
+    for sampler in SAMPLERS.values():
+        sampling["properties"][sampler.name] = sampler.config_schema()
+        if sampler.paper and sampler.name not in sampling["required"]:
+            sampling["required"].append(sampler.name)
+    return schema
+
+
 def check_config(config: dict) -> None:
     """Semantic checks after schema validation; one ConfigError naming the first problem."""
+    from .samplers import SAMPLERS
+
     downloads = config.get("downloads", {})
     demo = config["experiments"].get(config["demo"])
     if demo is None or not has_analysis(demo):
@@ -148,8 +163,10 @@ def check_config(config: dict) -> None:
         if len(set(labels)) != len(labels):
             raise ConfigError(f"experiment {name!r}: etas has duplicates: {labels}")
         drawn = [str(label) for label in experiment["figures"].get("fid_vs_nfe", [])]
-        if drawn and "heun" not in experiment["sampling"]:
-            raise ConfigError(f"experiment {name!r}: figures.fid_vs_nfe draws Heun's FIDs: configure sampling.heun")
+        stepped = [sampler.name for sampler in SAMPLERS.values() if sampler.per]
+        if drawn and not set(stepped) & set(experiment["sampling"]):
+            raise ConfigError(f"experiment {name!r}: figures.fid_vs_nfe draws the FIDs of a sampler run at several "
+                              f"step counts: configure sampling.{' or sampling.'.join(stepped)}")
         if set(drawn) - set(labels):
             raise ConfigError(f"experiment {name!r}: figures.fid_vs_nfe names {sorted(set(drawn) - set(labels))}, "
                               f"which are not among its etas {labels}")

@@ -22,7 +22,8 @@ import pandas as pd  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
 from .noise import linear_gamma, linear_gamma_time  # noqa: E402
-from .tables import check_records, is_merged, nll_summary, sampler_title, short_label, vlb_summary  # noqa: E402
+from .samplers import NO_STEPPED_RECORDS, get_sampler, reference_sampler, result_title, stepped_sampler  # noqa: E402
+from .tables import check_records, is_merged, nll_summary, short_label, vlb_summary  # noqa: E402
 
 DPI = 100
 GAP = 2         # pixels between images in a grid
@@ -143,7 +144,7 @@ def tradeoff_figure(nll_ode, nll_vlb, fid, stem, *, eta_range=None, title=None, 
     fid_colors = {}
     for k, (sampler, df) in enumerate(parts["fid"].groupby("sampler", sort=False) if parts["fid"] is not None else []):
         style = dict(color=f"C{k + 2}", marker="D", linestyle="--")
-        _curve(right, df, "fid", "fid_spread", f"FID, {sampler_title(sampler)} sampler", style)
+        _curve(right, df, "fid", "fid_spread", f"FID, {result_title(sampler)} sampler", style)
         fid_colors[sampler] = style["color"]
     if fid_budget is not None and parts["ode"] is not None and "ode" in fid_colors:
         _mark_recommendation(left, right, parts["ode"], parts["fid"], fid_budget, fid_colors["ode"])
@@ -184,24 +185,25 @@ def predicted_vlb_figure(vlb, predicted, stem, *, title=None) -> list[Path]:
 
 
 def fid_vs_nfe_figure(fid, stem, *, etas: Sequence[str], title=None) -> list[Path]:
-    """FID against NFE per image (log scale) for each eta label in `etas`: Heun at each step count as a line
-    (± seed spread), and the adaptive ODE's (NFE, FID) as an open marker of the same colour. `fid`: FID
-    records of every sampler ("heun<steps>" for Heun)."""
+    """FID against NFE per image (log scale) for each eta label in `etas`: each sampler run at several step
+    counts (Heun) as a line (± seed spread), and the reference adaptive ODE's (NFE, FID) as an open marker of
+    the same colour. `fid`: FID records of every sampler ("heun<steps>" for Heun)."""
     records = check_records(fid, ("sampler", "fid", "nfe_mean"))
     missing = [label for label in map(str, etas) if label not in set(records["eta_label"])]
     if missing:
         raise ValueError(f"no FID records for eta(s) {missing}; the records hold {sorted(set(records['eta_label']))}")
-    heun = records["sampler"].str.fullmatch(r"heun\d+")
-    if not heun.any():
-        raise ValueError("no Heun FID records (sampler heun<steps>): configure sampling.heun")
+    declared = records["sampler"].map(stepped_sampler)
+    if declared.isna().all():
+        raise ValueError(NO_STEPPED_RECORDS)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for k, label in enumerate(map(str, etas)):
         rows, color = records[records["eta_label"] == label], f"C{k}"
-        steps = rows[heun.loc[rows.index]].sort_values("nfe_mean")
         name = f"{label.upper()} alone" if not is_merged(label) else label if label == "auto" else f"η = {short_label(label)}"
-        ax.errorbar(steps["nfe_mean"], steps["fid"], yerr=steps.get("fid_spread"), color=color, marker="o",
-                    capsize=2, label=f"{name}: Heun")
-        for row in rows[rows["sampler"] == "ode"].itertuples():
+        for marker, sampler in zip("os^v<>", declared.dropna().unique()):
+            steps = rows[declared.loc[rows.index] == sampler].sort_values("nfe_mean")
+            ax.errorbar(steps["nfe_mean"], steps["fid"], yerr=steps.get("fid_spread"), color=color, marker=marker,
+                        capsize=2, label=f"{name}: {get_sampler(sampler).title}")
+        for row in rows[rows["sampler"] == reference_sampler()].itertuples():
             ax.plot(row.nfe_mean, row.fid, "D", ms=9, mfc="white", mew=1.5, color=color)
     ax.plot([], [], "D", ms=9, mfc="white", mew=1.5, color="gray", label="adaptive ODE (RK45)")
     ax.set(xscale="log", xlabel="NFE per image", ylabel="FID")

@@ -126,3 +126,29 @@ def refuse_non_regular(path) -> None:
 def write_text(path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+# Files a command writes beside --out: a checkpoint stem's, a figure's .pdf, a table's .md and .tex, a .json record.
+_BESIDE_STEM, _BESIDE_SUFFIXES = (".safetensors", ".json"), (".pdf", ".md", ".tex", ".csv", ".json")
+
+
+def check_output_path(out) -> None:
+    """Fail before any work if --out (or a file written beside it) exists but is not a regular file (a device,
+    FIFO or folder, which the finished output would replace), or if its folder (or the nearest one there is)
+    cannot be written (a read-only or missing mount). Creates nothing."""
+    out = Path(out)
+    beside = [] if not out.name else [out.with_name(out.name + suffix) for suffix in _BESIDE_STEM] + \
+        [out.with_suffix(suffix) for suffix in _BESIDE_SUFFIXES if out.suffix != suffix]
+    for path in [out, *beside]:
+        kind = non_regular_kind(path)
+        if kind:
+            where = f"--out {out}" if path == out else f"{path}, written beside --out,"
+            raise OSError(f"{where} is {kind}, not a regular file; the finished output would replace it, so give "
+                          f"the path of a file")
+    folder = next(path for path in [out.parent, *out.parent.parents] if path.exists())  # made when writing, not now
+    if not folder.is_dir():
+        raise OSError(f"cannot write the output {out}: {folder} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()  # leaves nothing behind
+    except OSError as error:
+        raise OSError(f"cannot write the output {out}: {error.strerror or error} in {folder}") from None

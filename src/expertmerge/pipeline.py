@@ -186,19 +186,6 @@ def runs_of_vlb_job(name: str) -> range:
     return range(first, last + 1)
 
 
-def sampler_names(experiment: dict) -> list[str]:
-    """The samplers an experiment's FIDs are measured with: the adaptive ODE, the ancestral sampler, and
-    Heun at each configured step count ("heun18": 18 steps)."""
-    heun = experiment["sampling"].get("heun", {}).get("steps", [])
-    return ["ode", "ancestral", *(f"heun{steps}" for steps in heun)]
-
-
-def heun_steps(sampler: str) -> int | None:
-    """The step count of a Heun sampler's name ("heun18" -> 18); None for the other samplers."""
-    match = re.fullmatch(r"heun(\d+)", sampler)
-    return int(match[1]) if match else None
-
-
 def numeric_etas(experiment: dict) -> list[float]:
     """The configured switch levels given as numbers (not eta_min/eta_max, not a baseline)."""
     names = set(expert_names(experiment).values()) | set(RANGE_LABELS) | {AUTO_LABEL}

@@ -74,6 +74,7 @@ def cmd_summary(args):
     from . import summary, tables
     from .files import write_text
     from .profile_files import read_loss_profile
+    from .samplers import stepped_sampler
 
     nll, vlb, fid = (tables.load_records(*paths) for paths in (args.nll, args.vlb, args.fid))
     profile = read_loss_profile(args.profile) if args.profile else None  # every input checked before any work
@@ -84,7 +85,7 @@ def cmd_summary(args):
     text = ("Results per switch level (NLL ± s.e. over test images, FID ± seed-group spread, VLB ± std over runs)"
             "\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims)
             + "\nRecommended η\n\n" + summary.recommendation_markdown(recommendation))
-    if fid["sampler"].str.fullmatch(r"heun\d+").any():
+    if fid["sampler"].map(stepped_sampler).notna().any():
         text += ("\nFew-step sampling: EDM's Heun sampler against the adaptive ODE (FID, NFE per image; the goal: "
                  "within 5% of the ODE's FID at ≤ ¼ of its NFE)\n\n" + summary.few_step_markdown(summary.few_step_frame(fid)))
     if all(f"vlb_{term}" in frame.columns for term in summary.VLB_TERMS):

@@ -14,8 +14,9 @@ import json
 import shlex
 
 from .downloads import UNPINNED
-from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, heun_steps,
-                       numeric_etas, previous_training_state, runs_of_vlb_job, shard_ranges)
+from .samplers import parse_result
+from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, numeric_etas,
+                       previous_training_state, runs_of_vlb_job, shard_ranges)
 
 LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
 
@@ -142,20 +143,25 @@ def reference_statistics_arguments(config: dict, experiment: str, splits: str) -
 
 
 def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str, shard) -> str:
-    """Images start:stop of the shard (image i uses seed i), their FID features stored with them."""
+    """Images start:stop of the shard (image i uses seed i), their FID features stored with them; the sampler's
+    options from its section sampling.<name> (`expertmerge.samplers`), the one its result name fixes (Heun's
+    step count) from the name."""
     sampling = config["experiments"][experiment]["sampling"]
     start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(shard)]
-    ode, ancestral = sampling["ode"], sampling["ancestral"]
-    if sampler == "ode":
-        solver = options(sampler=sampler, rtol=ode["rtol"], atol=ode["atol"], error_norm=ode.get("error_norm", "batch-rms"))
-    elif sampler == "ancestral":
-        solver = options(sampler=sampler, steps=ancestral["steps"])
-        solver += " --clip-denoised" if ancestral.get("clip_denoised", True) else ""
-    else:  # heun<steps>
-        solver = options(sampler="heun", steps=heun_steps(sampler), schedule=sampling["heun"].get("schedule", "split"))
+    declared, fixed = parse_result(sampler)
+    section = {**sampling[declared.name], **fixed}
+    values = {option.name: section.get(option.name, option.default) for option in declared.options}
+    solver = " ".join([options(sampler=declared.name), *(switch(option.flag, value) if isinstance(value, bool)
+                                                          else options(**{option.name: value})
+                                                          for option, value in zip(declared.options, values.values()))])
     return " ".join([expert_pair(config, experiment), eta_options(experiment, eta), solver,
                      options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"]),
                      feature_network(config, experiment)])
+
+
+def switch(flag: str, on: bool) -> str:
+    """A boolean option as its flag or its --no- form."""
+    return flag if on else "--no-" + flag[2:]
 
 
 def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: str) -> str:

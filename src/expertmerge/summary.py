@@ -18,9 +18,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .samplers import (NO_STEPPED_RECORDS, SAMPLERS, paper_samplers, parse_result, reference_sampler, result_title,
+                       stepped_sampler)
 from .tables import check_records, is_merged, nll_summary, short_label, vlb_summary
 
-SAMPLERS = ("ode", "ancestral")
 VLB_TERMS = ("prior", "reconstruction", "diffusion")  # Eq. 6, in bits/dim
 
 
@@ -34,13 +35,14 @@ def results_frame(nll, vlb, fid) -> pd.DataFrame:
         means = vlb.astype({"eta_label": str}).groupby("eta_label")[terms].mean().add_prefix("vlb_")
         frame = frame.merge(means, left_on="eta_label", right_index=True, how="left")
     fid = check_records(fid, ("sampler", "fid"))
-    for sampler in SAMPLERS:
+    for sampler in paper_samplers():
         part = fid[fid["sampler"] == sampler].set_index("eta_label")
         frame[f"fid_{sampler}"] = frame["eta_label"].map(part["fid"])
         frame[f"fid_spread_{sampler}"] = frame["eta_label"].map(part.get("fid_spread", pd.Series(dtype=float)))
-    missing = frame[frame[["bpd_mean", "vlb_mean", *(f"fid_{s}" for s in SAMPLERS)]].isna().any(axis=1)]
+    missing = frame[frame[["bpd_mean", "vlb_mean", *(f"fid_{s}" for s in paper_samplers())]].isna().any(axis=1)]
     if len(missing):
-        raise ValueError(f"etas {missing['eta_label'].tolist()} lack an NLL, VLB or FID (ODE and ancestral) record")
+        raise ValueError(f"etas {missing['eta_label'].tolist()} lack an NLL, VLB or FID "
+                         f"({' and '.join(map(result_title, paper_samplers()))}) record")
     return frame.sort_values("eta", kind="stable").reset_index(drop=True)
 
 
@@ -69,7 +71,7 @@ def claims(frame: pd.DataFrame, fid_budget: float = 0.1) -> pd.DataFrame:
           likelihood["bpd_mean"] < quality["bpd_mean"])
     claim(f"{lk} has a lower VLB than {q}", versus("vlb_mean", likelihood, quality, 3),
           likelihood["vlb_mean"] < quality["vlb_mean"])
-    for sampler in SAMPLERS:
+    for sampler in paper_samplers():
         claim(f"{q} has a lower FID ({sampler} sampler) than {lk}", versus(f"fid_{sampler}", quality, likelihood, 1),
               quality[f"fid_{sampler}"] < likelihood[f"fid_{sampler}"])
     at_min = merged[merged["eta_label"] == "eta_min"]
@@ -177,14 +179,16 @@ def results_markdown(frame: pd.DataFrame) -> str:
         text = f"**{text}**" if bold and row[value] == best[value] else text
         return text if pd.isna(row[error]) else f"{text} ± {row[error]:.{decimals}f}"
 
-    lines = ["| η | NLL (bpd) | NFE | FID (ODE) | FID (ancestral) | VLB (bpd) |", "|---|---|---|---|---|---|"]
+    fids = paper_samplers()
+    head = ["η", "NLL (bpd)", "NFE", *(f"FID ({result_title(sampler)})" for sampler in fids), "VLB (bpd)"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for _, row in frame.iterrows():
         label = short_label(row["eta_label"])
         label = f"{label} = {row['eta']:.4f}" if row["eta_label"] in ("eta_min", "eta_max") else label
         label = label if is_merged(row["eta_label"]) else f"{label} alone"
         lines.append(f"| {label} | {cell(row, 'bpd_mean', 'bpd_sem', 3, True)} | {row['nfe_mean']:.0f} | "
-                     f"{cell(row, 'fid_ode', 'fid_spread_ode', 1)} | {cell(row, 'fid_ancestral', 'fid_spread_ancestral', 1)}"
-                     f" | {cell(row, 'vlb_mean', 'vlb_std', 3, True)} |")
+                     + "".join(f"{cell(row, f'fid_{sampler}', f'fid_spread_{sampler}', 1)} | " for sampler in fids)
+                     + f"{cell(row, 'vlb_mean', 'vlb_std', 3, True)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,16 +242,17 @@ FEW_STEP_GOAL = (0.05, 0.25)  # issue 14: within 5% of the adaptive ODE's FID at
 
 
 def few_step_frame(fid) -> pd.DataFrame:
-    """Per eta (in eta order): the adaptive ODE's FID and NFE, and for Heun's largest step count its FID and
-    NFE and their ratios to the ODE's; `fewest_nfe` is the fewest Heun NFE whose FID is within 5% of the
+    """Per eta (in eta order): the reference adaptive ODE's FID and NFE (fid_ode, nfe_ode), and for the samplers
+    run at several step counts (Heun; `expertmerge.samplers`) each result's FID and NFE, and the ratios of the
+    one with the most NFE to the ODE's; `fewest_nfe` is the fewest such NFE whose FID is within 5% of the
     ODE's (NaN if none), and `goal` whether that is at most a quarter of the ODE's NFE."""
     records = check_records(fid, ("sampler", "fid", "nfe_mean"))
-    heun = records[records["sampler"].str.fullmatch(r"heun\d+")]
-    if heun.empty:
-        raise ValueError("no Heun FID records (sampler heun<steps>)")
-    ode = records[records["sampler"] == "ode"].set_index("eta_label")
+    stepped = records[records["sampler"].map(stepped_sampler).notna()]
+    if stepped.empty:
+        raise ValueError(NO_STEPPED_RECORDS)
+    ode = records[records["sampler"] == reference_sampler()].set_index("eta_label")
     rows = []
-    for label, runs in heun.groupby("eta_label", sort=False):
+    for label, runs in stepped.groupby("eta_label", sort=False):
         runs = runs.sort_values("nfe_mean")
         last, reference = runs.iloc[-1], ode.loc[label]
         within = runs[runs["fid"] <= (1 + FEW_STEP_GOAL[0]) * reference["fid"]]
@@ -261,15 +266,16 @@ def few_step_frame(fid) -> pd.DataFrame:
 
 
 def few_step_markdown(frame: pd.DataFrame) -> str:
-    """`few_step_frame` as Markdown: FID (NFE) per sampler, the ratios at Heun's largest step count, the goal."""
-    heun = sorted({c[4:] for c in frame.columns if c.startswith("fid_heun")}, key=lambda s: int(s[4:]))
-    last = heun[-1]
-    head = ["η", "ODE FID (NFE)", *(f"Heun {s[4:]} FID (NFE)" for s in heun),
-            f"FID ratio Heun {last[4:]} / ODE", "NFE ratio", "fewest NFE within 5%", "≤ ¼ of the ODE's NFE"]
+    """`few_step_frame` as Markdown: FID (NFE) per sampler, the ratios at the most NFE, the goal."""
+    results = [c[4:] for c in frame.columns if c.startswith("fid_") and stepped_sampler(c[4:])]
+    stepped = sorted(results, key=lambda s: (list(SAMPLERS).index(stepped_sampler(s)), *parse_result(s)[1].values()))
+    last, ode = max(stepped, key=lambda s: frame[f"nfe_{s}"].max()), result_title(reference_sampler())
+    head = ["η", f"{ode} FID (NFE)", *(f"{result_title(s)} FID (NFE)" for s in stepped),
+            f"FID ratio {result_title(last)} / {ode}", "NFE ratio", "fewest NFE within 5%", f"≤ ¼ of the {ode}'s NFE"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in frame.to_dict("records"):
         cells = [short_label(row["eta_label"]), f"{row['fid_ode']:.1f} ({row['nfe_ode']:.0f})",
-                 *(f"{row[f'fid_{s}']:.1f} ({row[f'nfe_{s}']:.0f})" for s in heun),
+                 *(f"{row[f'fid_{s}']:.1f} ({row[f'nfe_{s}']:.0f})" for s in stepped),
                  f"{row['fid_ratio']:.3f}", f"{row['nfe_ratio']:.3f}",
                  "none" if np.isnan(row["fewest_nfe"]) else f"{row['fewest_nfe']:.0f}", "yes" if row["goal"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -27,15 +27,7 @@ import pandas as pd
 
 from .files import write_text
 from .records import KEYS, check_distinct, read_records, record_kind
-
-SAMPLER_NAMES = {"ode": "ODE", "ancestral": "ancestral", "heun": "Heun"}  # display names; others shown as given
-
-
-def sampler_title(sampler: str) -> str:
-    """A sampler's display name: "ODE", "ancestral", "Heun 18" for Heun at 18 steps ("heun18")."""
-    steps = sampler[4:] if sampler.startswith("heun") else ""
-    return f"Heun {steps}" if steps.isdigit() else SAMPLER_NAMES.get(sampler, sampler)
-
+from .samplers import result_title
 
 def load_records(*paths) -> pd.DataFrame:
     """Concatenate records from .csv / .json files (JSON: a list of objects), each checked as its kind
@@ -159,7 +151,7 @@ def table2(records) -> pd.DataFrame:
     parts, decimals, errors = [], {}, {}
     for sampler in df["sampler"].unique():
         part = _in_eta_order(df[df["sampler"] == sampler])
-        name = sampler_title(sampler)
+        name = result_title(sampler)
         names = {"fid": f"FID ({name})", "fid_spread": f"FID spread ({name})", "nfe_mean": f"NFE ({name})",
                  "batch_size": f"NFE batch ({name})"}
         present = [c for c in names if c in part.columns and part[c].notna().any()]
@@ -226,7 +218,7 @@ def paper_table(number: int, records: dict) -> pd.DataFrame:
             frame = check_records(frame, ("sampler", "fid", "nfe_mean"))
             shown = {"fid": "FID", "nfe_mean": "NFE", "batch_size": "NFE batch"}
             pieces = [_by_eta(frame[frame["sampler"] == sampler],
-                              {key: f"{name} ({sampler_title(sampler)})" for key, name in shown.items()
+                              {key: f"{name} ({result_title(sampler)})" for key, name in shown.items()
                                if key in frame.columns})
                       for sampler in frame["sampler"].unique()]
             parts[name] = pd.concat(pieces, axis=1)

@@ -4,8 +4,9 @@ import re
 
 from expertmerge import rule_arguments
 from expertmerge.configuration import check_config
+from expertmerge.samplers import experiment_results, paper_samplers
 from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, eta_labels, expert_names, expert_stem,
-                                  has_analysis, previous_training_state, sampler_names, shard_ranges, training_state_path,
+                                  has_analysis, previous_training_state, shard_ranges, training_state_path,
                                   unpinned_downloads, vlb_job_name, vlb_job_runs)
 
 check_config(config)
@@ -13,7 +14,7 @@ for unpinned in unpinned_downloads(config):
     logger.warning(f"downloads: {unpinned} is not pinned by a checksum in config.yaml; it is trusted on first use "
                    f"(its SHA-256 is recorded in {config['download_dir']}/checksums.lock and verified at every use)")
 
-SAMPLERS = ["ode", "ancestral"]  # the paper's: Fig. 2, the sample grids and the summary's main table
+SAMPLERS = paper_samplers()  # the paper's: Fig. 2, the sample grids and the summary's main table
 DOWNLOAD_DIR = config["download_dir"]
 DOWNLOAD_NAMES = "|".join(map(re.escape, config["downloads"])) or "(?!)"  # (?!) matches nothing
 
@@ -151,10 +152,15 @@ def per_eta(pattern, **extra):
     return files
 
 
+def sampler_results(spec):
+    """The sampler results an experiment measures ('ode', 'ancestral', 'heun18', ...)."""
+    return experiment_results(spec["sampling"])
+
+
 def fid_files(wildcards):
     """Every FID of an experiment: each of its samplers (Heun at each step count too) at each eta."""
     return expand("results/{experiment}/fid/{sampler}/{eta}.json", experiment=wildcards.experiment,
-                  sampler=sampler_names(experiment(wildcards)), eta=eta_labels(experiment(wildcards)))
+                  sampler=sampler_results(experiment(wildcards)), eta=eta_labels(experiment(wildcards)))
 
 
 def nll_files(wildcards):
@@ -201,7 +207,7 @@ def result_files(kind, name):
     """One experiment's result files of a kind: "1" (NLL shards), "2" (FID per sampler) or "4" (VLB runs)."""
     spec = config["experiments"][name]
     return expand(PAPER_TABLE_RESULTS[kind], experiment=name, eta=eta_labels(spec), shard=nll_shards(name),
-                  sampler=sampler_names(spec), runs=vlb_jobs(name))
+                  sampler=sampler_results(spec), runs=vlb_jobs(name))
 
 
 def paper_table_files(wildcards):

@@ -221,11 +221,12 @@ def sample_heun(expert, seeds, shape, *, steps: int = 18, rho: float = 7.0, sche
     return _in_batches(batch, expert, seeds, shape, batch_size, device)
 
 
-def sample_ancestral(expert, seeds, shape, *, steps: int = 256, clip_denoised: bool = False, batch_size: int = 64,
+def sample_ancestral(expert, seeds, shape, *, steps: int = 256, clip_denoised: bool = True, batch_size: int = 64,
                      device=None) -> SampleRecord:
     """VDM's ancestral sampler on a linear gamma grid, in VE coordinates:
     x_s = x_t - c (x_t - D(x_t; s_t)) + s_s sqrt(c) n,  c = 1 - exp(gamma_s - gamma_t).
-    `clip_denoised` clips D to [-1, 1] first, as the VDM re-implementation's `clip_samples` does."""
+    `clip_denoised` clips D to [-1, 1] first, as the VDM re-implementation's `clip_samples` does (the default,
+    as in the pipeline; data not scaled to [-1, 1], such as a test's Gaussian, need clip_denoised=False)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
 

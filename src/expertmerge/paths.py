@@ -1,12 +1,14 @@
 """Where the workflow's files live: every path it writes, named once. Each is a pattern in Snakemake's wildcard
 syntax, used as it stands in a rule's input, output and log, and filled in Python with `.format(...)`
 (`expertmerge.pipeline`, `expertmerge.rule_arguments`). A "stem" is a path without its suffixes: a checkpoint
-(.safetensors + .json), a table (.csv + .md + .tex), a figure (.png + .pdf).
+(.safetensors + .json), a table (.csv + .md + .tex), a figure (.png + .pdf); a rule adds a suffix with an f-string,
+f"{paths.EXPERT}.json" (`snakemake --lint` flags path composition with '+').
 """
 from __future__ import annotations
 
-EXPERIMENT = "results/{experiment}"
-PAPER = "results/paper"
+RESULTS = "results"
+EXPERIMENT = RESULTS + "/{experiment}"
+PAPER = RESULTS + "/paper"
 
 # Data, experts and FID features.
 DOWNLOAD = "{download_dir}/{download}"
@@ -41,7 +43,8 @@ FIGURE_SUFFIXES = (".png", ".pdf")
 
 
 def log(job: str, under: str = EXPERIMENT) -> str:
-    """A job's log: <under>/logs/<job>.log (job may hold wildcards, e.g. "sample/{sampler}/{eta}/shard{shard}")."""
+    """A job's log: <under>/logs/<job>.log (job may hold wildcards, e.g. "sample/{sampler}/{eta}/shard{shard}");
+    under=RESULTS for a job of no experiment (a download)."""
     return f"{under}/logs/{job}.log"
 
 

@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+from . import paths
 from .experts.registry import get_family
 from .noise import feasible_etas, gamma_range
 
@@ -72,7 +73,7 @@ def resolve_eta(label, expert_names: dict, eta_min: float, eta_max: float, switc
 
 def auto_switch_path(experiment_name: str) -> str:
     """Where the pipeline writes an experiment's VLB-optimal switches (the "auto" eta)."""
-    return f"results/{experiment_name}/diagnostics/auto_switch.json"
+    return paths.AUTO_SWITCH.format(experiment=experiment_name)
 
 
 def load_switches(path, names=None, ranges=None) -> tuple[list[str], list[float]]:
@@ -111,7 +112,7 @@ def expert_source(spec: dict) -> str:
 
 def expert_stem(experiment_name: str, expert_name: str, spec: dict) -> str:
     """Where the pipeline writes an expert's checkpoint (stem of .safetensors + .json)."""
-    return f"results/{experiment_name}/experts/{expert_source(spec)}/{expert_name}"
+    return paths.EXPERT.format(experiment=experiment_name, source=expert_source(spec), expert=expert_name)
 
 
 def check_recipe(recipe: str, family: str, expert_range) -> None:
@@ -144,7 +145,7 @@ def training_chunk_stops(recipe_spec: dict) -> list[int]:
 
 def training_state_path(experiment_name: str, expert_name: str, step: int) -> str:
     """The training state a chunk of a chain hands to the next (removed once the next has run)."""
-    return f"results/{experiment_name}/training/{expert_name}/state-{step}.pt"
+    return paths.TRAINING_STATE.format(experiment=experiment_name, expert=expert_name, step=step)
 
 
 def previous_training_state(experiment_name: str, expert_name: str, recipe_spec: dict, until_step=None) -> str | None:

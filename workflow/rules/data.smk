@@ -1,10 +1,12 @@
 # Stage 1: the data. Downloads are fetched once and checked against config.yaml's checksums (a file
 # placed by hand is checked when it is read); each data set is split once and recorded in results.
 
+from expertmerge import paths
+
 
 rule fetch:
     output:
-        f"{DOWNLOAD_DIR}/{{download}}",
+        paths.fill(paths.DOWNLOAD, download_dir=DOWNLOAD_DIR),
     params:
         arguments=lambda w: rule_arguments.fetch_arguments(config, w.download),
     wildcard_constraints:
@@ -12,7 +14,7 @@ rule fetch:
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/logs/fetch/{download}.log",
+        paths.log("fetch/{download}", under=paths.RESULTS),
     shell:
         "expertmerge fetch {params.arguments} --out {output:q} > {log:q} 2>&1"
 
@@ -21,13 +23,13 @@ rule dataset:
     input:
         unpack(data_files),
     output:
-        splits="results/{experiment}/data/splits.npz",
-        record="results/{experiment}/data/splits.json",
+        splits=paths.SPLITS,
+        record=paths.SPLITS_SUMMARY,
     params:
         arguments=lambda w: rule_arguments.dataset_arguments(config, w.experiment),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/dataset.log",
+        paths.log("dataset"),
     shell:
         "expertmerge dataset {params.arguments} --out {output.splits:q} > {log:q} 2>&1"

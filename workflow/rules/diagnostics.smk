@@ -3,20 +3,22 @@
 # over both experts' ranges, measured on the selection split in shards; the VLB it predicts for every
 # eta; the VLB-optimal merge (eta "auto"); and their figures.
 
+from expertmerge import paths
+
 
 rule loss_profile_shard:
     input:
         experts=both_expert_files,
         splits=rules.dataset.output.splits,
     output:
-        "results/{experiment}/diagnostics/loss_profile/shard{shard}.csv",
+        paths.LOSS_PROFILE_SHARD,
     params:
         arguments=lambda w: rule_arguments.loss_profile_shard_arguments(config, w.experiment, w.shard, splits_file(w)),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/loss_profile/shard{shard}.log",
+        paths.log("loss_profile/shard{shard}"),
     shell:
         "expertmerge loss-profile {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
@@ -25,11 +27,11 @@ rule loss_profile:
     input:
         lambda w: expand(rules.loss_profile_shard.output, experiment=w.experiment, shard=loss_profile_shards(w.experiment)),
     output:
-        "results/{experiment}/diagnostics/loss_profile.csv",
+        paths.LOSS_PROFILE,
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/loss_profile.log",
+        paths.log("loss_profile"),
     shell:
         "expertmerge combine-profiles --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -38,11 +40,11 @@ rule auto_switch:
     input:
         rules.loss_profile.output,
     output:
-        "results/{experiment}/diagnostics/auto_switch.json",
+        paths.AUTO_SWITCH,
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/auto_switch.log",
+        paths.log("auto_switch"),
     shell:
         "expertmerge auto-switch --profile {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -53,13 +55,13 @@ rule predict_vlb:
         splits=rules.dataset.output.splits,
         switches=auto_switch_files,
     output:
-        "results/{experiment}/diagnostics/predicted_vlb.csv",
+        paths.PREDICTED_VLB,
     params:
         arguments=lambda w: rule_arguments.predict_vlb_arguments(config, w.experiment, splits_file(w)),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/predict_vlb.log",
+        paths.log("predict_vlb"),
     shell:
         "expertmerge predict-vlb --profile {input.profile:q} {params.arguments} --out {output:q} > {log:q} 2>&1"
 
@@ -69,13 +71,13 @@ rule figure_predicted_vlb:
         vlb=vlb_files,
         predicted=rules.predict_vlb.output,
     output:
-        png=report("results/{experiment}/figures/predicted_vlb.png", caption="../report/predicted_vlb.rst",
+        png=report(f"{paths.fill(paths.FIGURE, figure='predicted_vlb')}.png", caption="../report/predicted_vlb.rst",
                    category="Figures", subcategory="{experiment}"),
-        pdf="results/{experiment}/figures/predicted_vlb.pdf",
+        pdf=f"{paths.fill(paths.FIGURE, figure='predicted_vlb')}.pdf",
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/figure_predicted_vlb.log",
+        paths.log("figure_predicted_vlb"),
     shell:
         "expertmerge figure-predicted-vlb --vlb {input.vlb:q} --predicted {input.predicted:q} --out {output.png:q}"
         " > {log:q} 2>&1"
@@ -86,15 +88,15 @@ rule figure_loss_profile:
         profile=rules.loss_profile.output,
         switches=rules.auto_switch.output,
     output:
-        png=report("results/{experiment}/figures/loss_profile.png", caption="../report/loss_profile.rst",
+        png=report(f"{paths.fill(paths.FIGURE, figure='loss_profile')}.png", caption="../report/loss_profile.rst",
                    category="Figures", subcategory="{experiment}"),
-        pdf="results/{experiment}/figures/loss_profile.pdf",
+        pdf=f"{paths.fill(paths.FIGURE, figure='loss_profile')}.pdf",
     params:
         arguments=lambda w: rule_arguments.figure_loss_profile_arguments(config, w.experiment),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/figure_loss_profile.log",
+        paths.log("figure_loss_profile"),
     shell:
         "expertmerge figure-loss-profile --profile {input.profile:q} --switches {input.switches:q} {params.arguments} "
         "--out {output.png:q} > {log:q} 2>&1"

@@ -2,21 +2,23 @@
 # clean-fid's legacy-TensorFlow Inception for the paper) and reference statistics of the whole
 # training split; one FID per (sampler, eta) from its shards' features.
 
+from expertmerge import paths
+
 
 rule train_classifier:
     input:
         splits=rules.dataset.output.splits,
     output:
-        weights="results/{experiment}/fid/classifier.safetensors",
-        record="results/{experiment}/fid/classifier.json",
+        weights=f"{paths.CLASSIFIER}.safetensors",
+        record=f"{paths.CLASSIFIER}.json",
     params:
         arguments=lambda w: rule_arguments.train_classifier_arguments(config, w.experiment, splits_file(w)),
-        stem=lambda w: f"results/{w.experiment}/fid/classifier",
+        stem=lambda w: paths.CLASSIFIER.format(experiment=w.experiment),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/train_classifier.log",
+        paths.log("train_classifier"),
     shell:
         "expertmerge train-classifier {params.arguments} --threads {threads} --out {params.stem:q} > {log:q} 2>&1"
 
@@ -26,14 +28,14 @@ rule reference_statistics:
         splits=rules.dataset.output.splits,
         features=feature_network_files,
     output:
-        "results/{experiment}/fid/reference.npz",
+        paths.REFERENCE,
     params:
         arguments=lambda w: rule_arguments.reference_statistics_arguments(config, w.experiment, splits_file(w)),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/reference_statistics.log",
+        paths.log("reference_statistics"),
     shell:
         "expertmerge reference-stats {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
@@ -42,14 +44,14 @@ rule fid:
     input:
         reference=rules.reference_statistics.output,
         shards=lambda w: [
-            f"results/{w.experiment}/samples/{w.sampler}/{w.eta}/shard{k}.npz"
+            paths.SAMPLE_SHARD.format(experiment=w.experiment, sampler=w.sampler, eta=w.eta, shard=k)
             for k in sample_shards(w.experiment)
         ],
     output:
-        "results/{experiment}/fid/{sampler}/{eta}.json",
+        paths.FID,
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/fid/{sampler}/{eta}.log",
+        paths.log("fid/{sampler}/{eta}"),
     shell:
         "expertmerge fid --reference {input.reference:q} --shards {input.shards:q} --out {output:q} > {log:q} 2>&1"

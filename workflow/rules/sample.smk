@@ -2,19 +2,21 @@
 # from the same noise (paired comparisons) and shards never depend on each other. Each shard also
 # stores the FID features of its images, so the FID step never re-reads images.
 
+from expertmerge import paths
+
 
 rule sample_shard:
     input:
         experts=expert_files,
         features=feature_network_files,
     output:
-        "results/{experiment}/samples/{sampler}/{eta}/shard{shard}.npz",
+        paths.SAMPLE_SHARD,
     params:
         arguments=lambda w: rule_arguments.sample_shard_arguments(config, w.experiment, w.sampler, w.eta, w.shard),
     threads: 1
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/sample/{sampler}/{eta}/shard{shard}.log",
+        paths.log("sample/{sampler}/{eta}/shard{shard}"),
     shell:
         "expertmerge sample {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"

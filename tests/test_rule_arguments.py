@@ -270,7 +270,7 @@ def test_summary_and_table4(name, profile, expected):
     args = parse("summary", rule_arguments.summary_arguments(CONFIG, name, profile, profile), *files)
     assert args.profile == args.predicted == expected
     assert args.recommend_fid_budget == recommend_budget(name) and args.fid_budget == 0.1  # the claim's own budget
-    args = parse("table", rule_arguments.table4_arguments(profile), "--table", "4", "--inputs", "v.json")
+    args = parse("table", rule_arguments.table_arguments({"predicted": profile}), "--table", "4", "--inputs", "v.json")
     assert args.predicted == expected
 
 

@@ -261,7 +261,7 @@ def test_paper_tables_put_the_data_sets_side_by_side(tmp_path):
     runs = {name: pd.concat([frame, frame.assign(vlb=frame["vlb"] + 0.02)]).drop(columns=["vlb_mean", "vlb_std"])
             for name, frame in (("CIFAR-10", cifar), ("ImageNet32", imagenet))}
 
-    table1 = tables.paper_table(1, {"CIFAR-10": cifar, "ImageNet32": imagenet})
+    table1 = tables.paper_table1({"CIFAR-10": cifar, "ImageNet32": imagenet})
     assert list(table1.columns) == ["Dataset", "Metric", "EDM", "ηmin", "0.2", "0.4", "0.6", "ηmax", "VDM"]
     assert table1[["Dataset", "Metric"]].values.tolist() == [["CIFAR-10", "NLL"], ["CIFAR-10", "NFE"],
                                                              ["ImageNet32", "NLL"], ["ImageNet32", "NFE"]]
@@ -269,12 +269,12 @@ def test_paper_tables_put_the_data_sets_side_by_side(tmp_path):
 
     both = {"CIFAR-10": pd.DataFrame(records("ode") + records("ancestral", shift=1.0)),
             "ImageNet32": pd.DataFrame(records("ode", shift=2.0))}
-    table2 = tables.paper_table(2, both)
+    table2 = tables.paper_table2(both)
     assert table2["Metric"].tolist() == ["FID (ODE)", "NFE (ODE)", "FID (ancestral)", "NFE (ancestral)",
                                          "FID (ODE)", "NFE (ODE)"]
     assert table2.loc[4, "VDM"] == pytest.approx(2 + 8 + 2.0)
 
-    table4 = tables.paper_table(4, runs)
+    table4 = tables.paper_table4(runs)
     assert list(table4.columns) == ["Threshold", "CIFAR-10 Mean", "CIFAR-10 Std", "ImageNet32 Mean", "ImageNet32 Std"]
     assert table4["Threshold"].tolist() == ["EDM", "ηmin", "0.2", "0.4", "0.6", "ηmax", "VDM"]
     np.testing.assert_allclose(table4["CIFAR-10 Std"], np.std([0, 0.02], ddof=1))
@@ -282,5 +282,8 @@ def test_paper_tables_put_the_data_sets_side_by_side(tmp_path):
     paths = tables.write_table(table1, tmp_path / "table1")
     markdown = paths[1].read_text()
     assert re.search(r"\| CIFAR-10 +\| NLL +\|", markdown) and " 2.85 |" in markdown and " 200 |" in markdown  # row decimals
-    with pytest.raises(ValueError, match="Tables 1, 2 and 4"):
-        tables.paper_table(3, {"CIFAR-10": cifar})
+    from expertmerge.table_registry import get_table
+
+    assert get_table(3).paper_builder() is get_table(5).paper_builder()  # the literature tables' own builder
+    with pytest.raises(ValueError, match="there is no Table 6; the tables are 1, 2, 3, 4, 5"):
+        get_table(6)

@@ -15,6 +15,7 @@ from .experts.registry import family_names, import_formats
 from .files import check_output_path
 from .plugins import load_plugins
 from .samplers import SAMPLERS, sampler_names
+from .table_registry import experiment_tables, get_table, paper_numbers
 
 log = logging.getLogger("expertmerge")
 
@@ -74,6 +75,10 @@ def _sampler_options(parser):
         low, high = min(schema["minimum"] for schema in schemas), max(schema["maximum"] for schema in schemas)
         kind = bounded_int(low, high) if option.schema["type"] == "integer" else bounded_float(low, high)
         parser.add_argument(option.flag, type=kind, default=None, help=help_text)
+
+
+def _titles(numbers) -> str:
+    return "; ".join(f"Table {number}, {get_table(number).title}" for number in numbers)
 
 
 def _features(parser):
@@ -266,19 +271,21 @@ def _profile_commands(command):
 
 def _report_commands(command):
     """Assembling results: tables, figures and the summary."""
-    sub = command("table", report_commands.cmd_table, "assemble Table 1, 2 or 4 (CSV, Markdown, LaTeX)", "table .csv path")
-    sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
-    sub.add_argument("--inputs", nargs="+", required=True)
+    sub = command("table", report_commands.cmd_table, "assemble one experiment's table (CSV, Markdown, LaTeX): "
+                  + _titles(table.number for table in experiment_tables()), "table .csv path")
+    sub.add_argument("--table", type=int, choices=[table.number for table in experiment_tables()], required=True)
+    sub.add_argument("--inputs", nargs="+", required=True, help="the result files of the kinds the table reads")
     sub.add_argument("--predicted", default=None, help="Table 4: a predict-vlb .csv, shown beside the measured VLB")
 
-    sub = command("paper-table", report_commands.cmd_paper_table, "Table 1, 2 or 4 with the data sets side by side", "table .csv path")
-    sub.add_argument("--table", type=int, choices=[1, 2, 4], required=True)
+    sub = command("paper-table", report_commands.cmd_paper_table, "a table with the data sets side by side: "
+                  + _titles(paper_numbers(literature=False)), "table .csv path")
+    sub.add_argument("--table", type=int, choices=paper_numbers(literature=False), required=True)
     sub.add_argument("--dataset", nargs="+", action="append", required=True, metavar="NAME FILE",
                      help="a data set's column title, then its result files (repeat per data set, in column order)")
 
-    sub = command("literature-table", report_commands.cmd_literature_table, "Table 3 or 5: the paper's literature rows and ours",
-                  "table .csv path")
-    sub.add_argument("--table", type=int, choices=[3, 5], required=True)
+    sub = command("literature-table", report_commands.cmd_literature_table, "the paper's literature rows and ours: "
+                  + _titles(paper_numbers(literature=True)), "table .csv path")
+    sub.add_argument("--table", type=int, choices=paper_numbers(literature=True), required=True)
     for flag, what in (("--nll", "per-image ODE NLL .csv"), ("--vlb", "per-run VLB .json"), ("--fid", "FID .json")):
         sub.add_argument(flag, nargs="+", action="append", required=True, metavar="DATASET FILE",
                          help=f"cifar10 or imagenet32, then its {what} files (repeat per data set)")

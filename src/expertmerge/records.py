@@ -48,6 +48,24 @@ def read_records(*paths) -> pd.DataFrame:
     if len({kind for kind in kinds.values()}) > 1:
         raise ValueError("the record files are of different kinds: " + ", ".join(
             f"{path} is {kind.what if kind else 'per-eta records'}" for path, kind in kinds.items()))
+    return _pooled(paths, frames)
+
+
+def read_records_by_kind(*paths) -> dict[str | None, pd.DataFrame]:
+    """Records of several kinds at once, each file read once: {the kind's value column (a RECORD_KINDS key),
+    or None for per-eta records: those files' records}, each group checked as `read_records` does."""
+    groups: dict = {}
+    for path in paths:
+        frame = _read_file(Path(path))
+        kind = record_kind(frame.columns)
+        name = next((column for column, known in RECORD_KINDS.items() if known is kind), None)
+        groups.setdefault(name, ([], []))
+        groups[name][0].append(path)
+        groups[name][1].append(frame)
+    return {name: _pooled(group_paths, frames) for name, (group_paths, frames) in groups.items()}
+
+
+def _pooled(paths, frames) -> pd.DataFrame:
     records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     kind = record_kind(records.columns)
     if kind is not None and not records.empty:

@@ -8,16 +8,27 @@ from .commands import log, require_suffix
 
 
 def cmd_table(args):
+    """One experiment's Table <number>, from the result files of the kinds its declaration reads."""
     require_suffix(args.out, ".csv")
     from pathlib import Path
 
     from . import tables
+    from .records import read_records_by_kind
+    from .table_registry import RECORD_COLUMN, get_table
 
-    records = tables.load_records(*args.inputs)
-    if args.predicted and args.table != 4:
-        raise ValueError("--predicted adds the predicted VLB to Table 4 only")
-    table = (tables.table4(records, tables.load_records(args.predicted)) if args.predicted else
-             {1: tables.table1, 2: tables.table2, 4: tables.table4}[args.table](records))
+    declared = get_table(args.table)
+    if not declared.per_experiment:
+        raise ValueError(f"Table {declared.number} is the paper target's alone: `expertmerge literature-table`")
+    if args.predicted and "predicted" not in declared.optional:
+        raise ValueError(f"--predicted adds the predicted VLB to a table that reads it (Table 4); Table "
+                         f"{declared.number} does not")
+    groups = read_records_by_kind(*args.inputs)
+    given = {kind: groups.pop(RECORD_COLUMN[kind], None) for kind in declared.reads}
+    if groups or any(records is None for records in given.values()):
+        raise ValueError(f"Table {declared.number} is built from {' and '.join(declared.reads)} records: give "
+                         f"--inputs of {'those kinds' if len(declared.reads) > 1 else 'that kind'} only")
+    optional = {"predicted": tables.load_records(args.predicted)} if args.predicted else {}
+    table = declared.builder()(*(tables.check_records(records, ()) for records in given.values()), **optional)
     written = tables.write_table(table, Path(args.out).with_suffix(""))
     log.info("wrote %s", ", ".join(map(str, written)))
 
@@ -27,9 +38,11 @@ def cmd_paper_table(args):
     from pathlib import Path
 
     from . import tables
+    from .table_registry import get_table
 
     records = {name: tables.load_records(*files) for name, *files in args.dataset}
-    written = tables.write_table(tables.paper_table(args.table, records), Path(args.out).with_suffix(""))
+    table = get_table(args.table).paper_builder()(records)
+    written = tables.write_table(table, Path(args.out).with_suffix(""))
     log.info("wrote %s", ", ".join(map(str, written)))
 
 
@@ -40,6 +53,7 @@ def cmd_literature_table(args):
     import pandas as pd
 
     from . import literature, summary, tables
+    from .table_registry import get_table
 
     groups = {kind: {dataset: files for dataset, *files in getattr(args, kind)} for kind in ("nll", "vlb", "fid")}
     if not (groups["nll"].keys() == groups["vlb"].keys() == groups["fid"].keys()):
@@ -53,7 +67,7 @@ def cmd_literature_table(args):
                                                                       for kind in ("nll", "vlb", "fid")),
                                                            fid_budget=budgets[dataset])
                           for dataset in groups["nll"]], ignore_index=True)
-    table = literature.literature_table(args.table, measured)
+    table = get_table(args.table).paper_builder()(args.table, measured)
     written = tables.write_table(table, Path(args.out).with_suffix(""), caption=literature.literature_caption(args.table))
     log.info("wrote %s", ", ".join(map(str, written)))
 

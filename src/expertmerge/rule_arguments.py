@@ -231,10 +231,10 @@ def summary_arguments(config: dict, experiment: str, profile, predicted=()) -> s
                    profile=profile[0] if profile else None, predicted=predicted[0] if predicted else None)
 
 
-def table4_arguments(predicted) -> str:
-    """--predicted only when the experiment has a loss profile (`predicted`: the predict-vlb CSV, or nothing)."""
-    predicted = file_list(predicted)
-    return options(predicted=predicted[0] if predicted else None)
+def table_arguments(optional: dict) -> str:
+    """A table's optional inputs, {kind: its files}: --predicted only when the experiment has a loss profile
+    (the predict-vlb CSV, or nothing)."""
+    return options(**{kind: file_list(files)[0] for kind, files in optional.items() if file_list(files)})
 
 
 def predict_vlb_arguments(config: dict, experiment: str, splits: str) -> str:

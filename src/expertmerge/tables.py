@@ -1,4 +1,4 @@
-"""Tables 1, 2 and 4 of the paper from per-eta result records (pandas).
+"""Tables 1, 2 and 4 of the paper from per-eta result records (pandas); `expertmerge.table_registry` declares them.
 
 A record is one row (dict / DataFrame row / CSV or JSON row) with these columns:
   eta_label  str    "eta_min", "eta_max", a number such as "0.3" (the merged model at that eta), "auto" (the
@@ -202,36 +202,40 @@ def _eta_columns(parts: dict, metrics: dict, decimals: dict) -> pd.DataFrame:
     return table
 
 
-def paper_table(number: int, records: dict) -> pd.DataFrame:
-    """Table 1, 2 or 4 in the paper's layout; `records` maps a data set's display name to its records
-    (per-image NLL rows, per-(sampler, eta) FID rows, or per-run VLB rows), in column order."""
-    if number == 1:
-        parts = {name: _by_eta(summary, {key: shown for key, shown in
-                                         (("bpd_mean", "NLL"), ("nfe_mean", "NFE"), ("batch_size", "NFE batch"))
-                                         if key in summary.columns})
-                 for name, summary in ((name, nll_summary(frame)) for name, frame in records.items())}
-        return _eta_columns(parts, {"NLL": "NLL", "NFE": "NFE", "NFE batch": "NFE batch"},
-                            {"NLL": 2, "NFE": 0, "NFE batch": 0})
-    if number == 2:
-        parts = {}
-        for name, frame in records.items():
-            frame = check_records(frame, ("sampler", "fid", "nfe_mean"))
-            shown = {"fid": "FID", "nfe_mean": "NFE", "batch_size": "NFE batch"}
-            pieces = [_by_eta(frame[frame["sampler"] == sampler],
-                              {key: f"{name} ({result_title(sampler)})" for key, name in shown.items()
-                               if key in frame.columns})
-                      for sampler in frame["sampler"].unique()]
-            parts[name] = pd.concat(pieces, axis=1)
-        metrics = {column: column for part in parts.values() for column in part.columns}
-        return _eta_columns(parts, metrics, {m: (2 if m.startswith("FID") else 0) for m in metrics})
-    if number == 4:
-        parts = [_by_eta(vlb_summary(frame), {"vlb_mean": f"{name} Mean", "vlb_std": f"{name} Std"})
-                 for name, frame in records.items()]
-        table = pd.concat(parts, axis=1).reset_index(names="Threshold")
-        table["Threshold"] = table["Threshold"].map(short_label)
-        decimals = {column: (2 if column.endswith("Mean") else 3) for column in table.columns[1:]}
-        return _finish(table, decimals, {})
-    raise ValueError(f"paper_table builds Tables 1, 2 and 4; got {number!r} (Tables 3 and 5: expertmerge.literature)")
+def paper_table1(records: dict) -> pd.DataFrame:
+    """Table 1 in the paper's layout; `records` maps a data set's display name to its per-image NLL records, in
+    column order."""
+    parts = {name: _by_eta(summary, {key: shown for key, shown in
+                                     (("bpd_mean", "NLL"), ("nfe_mean", "NFE"), ("batch_size", "NFE batch"))
+                                     if key in summary.columns})
+             for name, summary in ((name, nll_summary(frame)) for name, frame in records.items())}
+    return _eta_columns(parts, {"NLL": "NLL", "NFE": "NFE", "NFE batch": "NFE batch"},
+                        {"NLL": 2, "NFE": 0, "NFE batch": 0})
+
+
+def paper_table2(records: dict) -> pd.DataFrame:
+    """Table 2 in the paper's layout, from each data set's per-(sampler, eta) FID records."""
+    parts = {}
+    for name, frame in records.items():
+        frame = check_records(frame, ("sampler", "fid", "nfe_mean"))
+        shown = {"fid": "FID", "nfe_mean": "NFE", "batch_size": "NFE batch"}
+        pieces = [_by_eta(frame[frame["sampler"] == sampler],
+                          {key: f"{name} ({result_title(sampler)})" for key, name in shown.items()
+                           if key in frame.columns})
+                  for sampler in frame["sampler"].unique()]
+        parts[name] = pd.concat(pieces, axis=1)
+    metrics = {column: column for part in parts.values() for column in part.columns}
+    return _eta_columns(parts, metrics, {m: (2 if m.startswith("FID") else 0) for m in metrics})
+
+
+def paper_table4(records: dict) -> pd.DataFrame:
+    """Table 4 in the paper's layout, from each data set's per-run VLB records."""
+    parts = [_by_eta(vlb_summary(frame), {"vlb_mean": f"{name} Mean", "vlb_std": f"{name} Std"})
+             for name, frame in records.items()]
+    table = pd.concat(parts, axis=1).reset_index(names="Threshold")
+    table["Threshold"] = table["Threshold"].map(short_label)
+    decimals = {column: (2 if column.endswith("Mean") else 3) for column in table.columns[1:]}
+    return _finish(table, decimals, {})
 
 
 # ----------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 # Plumbing for the workflow's stages: config lookups, eta labels, shards and input/target file lists.
 # The rules' command-line arguments come from expertmerge.rule_arguments (config.yaml -> CLI flags).
+import os
 import re
 
-from expertmerge import rule_arguments
+from expertmerge import paths, rule_arguments
 from expertmerge.configuration import check_config
 from expertmerge.samplers import experiment_results, paper_samplers
+from expertmerge.table_registry import RESULT_FILES, experiment_tables, get_table, numbers_pattern, paper_numbers
 from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, eta_labels, expert_names, expert_stem,
                                   has_analysis, previous_training_state, shard_ranges, training_state_path,
                                   unpinned_downloads, vlb_job_name, vlb_job_runs)
@@ -107,7 +109,7 @@ def imported_file(wildcards):
 
 def loss_profile_csv(name):
     """An experiment's loss-profile CSV in a list, empty if it configures none."""
-    return [f"results/{name}/diagnostics/loss_profile.csv"] if "loss_profile" in config["experiments"][name] else []
+    return [paths.LOSS_PROFILE.format(experiment=name)] if "loss_profile" in config["experiments"][name] else []
 
 
 def loss_profile_files(wildcards):
@@ -116,22 +118,23 @@ def loss_profile_files(wildcards):
 
 def predicted_vlb_files(wildcards):
     """The VLB predicted from the loss profile, in a list, empty if the experiment configures no profile."""
-    return [f"results/{wildcards.experiment}/diagnostics/predicted_vlb.csv"] if loss_profile_files(wildcards) else []
+    return [paths.PREDICTED_VLB.format(experiment=wildcards.experiment)] if loss_profile_files(wildcards) else []
 
 
 def experiment_targets(name):
     if not has_analysis(config["experiments"][name]):
         raise ValueError(f"experiment {name!r} configures no measurements (fid, etas, sampling, nll, vlb, figures)")
-    base = f"results/{name}"
-    tables = [f"{base}/tables/table{k}.{ext}" for k in (1, 2, 4) for ext in ("csv", "md", "tex")]
+    tables = [paths.TABLE.format(experiment=name, number=table.number) + suffix for table in experiment_tables()
+              for suffix in paths.TABLE_SUFFIXES]
     names = ["tradeoff", "fixed_noise", *(f"samples_{sampler}" for sampler in SAMPLERS)]
     diagnostics = loss_profile_csv(name) + ([auto_switch_path(name)] if loss_profile_csv(name) else [])
     if diagnostics:
         names += ["loss_profile", "predicted_vlb"]
     if "fid_vs_nfe" in config["experiments"][name]["figures"]:
         names.append("fid_vs_nfe")
-    figures = [f"{base}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
-    summary = [f"{base}/tables/summary.md", f"{base}/tables/summary.csv"]
+    figures = [paths.FIGURE.format(experiment=name, figure=figure) + suffix for figure in names
+               for suffix in paths.FIGURE_SUFFIXES]
+    summary = [paths.SUMMARY.format(experiment=name) + suffix for suffix in (".md", ".csv")]
     return tables + summary + figures + diagnostics
 
 
@@ -140,7 +143,7 @@ def feature_network_files(wildcards):
     fid = experiment(wildcards)["fid"]
     if fid["features"] == "inception":
         return [download_path(fid["weights"])]
-    return checkpoint_files(f"results/{wildcards.experiment}/fid/classifier")
+    return checkpoint_files(paths.CLASSIFIER.format(experiment=wildcards.experiment))
 
 
 def per_eta(pattern, **extra):
@@ -159,13 +162,13 @@ def sampler_results(spec):
 
 def fid_files(wildcards):
     """Every FID of an experiment: each of its samplers (Heun at each step count too) at each eta."""
-    return expand("results/{experiment}/fid/{sampler}/{eta}.json", experiment=wildcards.experiment,
+    return expand(paths.FID, experiment=wildcards.experiment,
                   sampler=sampler_results(experiment(wildcards)), eta=eta_labels(experiment(wildcards)))
 
 
 def nll_files(wildcards):
     return expand(
-        "results/{experiment}/nll/{eta}/shard{shard}.csv",
+        paths.NLL_SHARD,
         experiment=wildcards.experiment,
         eta=eta_labels(experiment(wildcards)),
         shard=nll_shards(wildcards.experiment),
@@ -179,43 +182,69 @@ def vlb_jobs(name):
 
 def vlb_files(wildcards):
     return expand(
-        "results/{experiment}/vlb/{eta}/{runs}.json",
+        paths.VLB_JOB,
         experiment=wildcards.experiment,
         eta=eta_labels(experiment(wildcards)),
         runs=vlb_jobs(wildcards.experiment),
     )
 
 
+# An experiment's result files of each kind (table_registry.RESULT_FILES), as its tables and summary read them.
+EXPERIMENT_RESULTS = {"nll": nll_files, "fid": fid_files, "vlb": vlb_files, "predicted": predicted_vlb_files}
+
+
 def sample_panels(wildcards):
     """Shard 0 of every eta for the sampler that the figure shows."""
     return expand(
-        "results/{experiment}/samples/{sampler}/{eta}/shard0.npz",
+        paths.fill(paths.SAMPLE_SHARD, shard=0),
         experiment=wildcards.experiment,
         sampler=wildcards.sampler,
         eta=eta_labels(experiment(wildcards)),
     )
 
 
-PAPER_TABLE_RESULTS = {
-    "1": "results/{experiment}/nll/{eta}/shard{shard}.csv",
-    "2": "results/{experiment}/fid/{sampler}/{eta}.json",
-    "4": "results/{experiment}/vlb/{eta}/{runs}.json",
-}
-
-
 def result_files(kind, name):
-    """One experiment's result files of a kind: "1" (NLL shards), "2" (FID per sampler) or "4" (VLB runs)."""
+    """One experiment's result files of a kind (table_registry.RESULT_FILES): its NLL shards, FIDs of every
+    sampler, VLB jobs, or its predicted VLB (none where it configures no loss profile)."""
     spec = config["experiments"][name]
-    return expand(PAPER_TABLE_RESULTS[kind], experiment=name, eta=eta_labels(spec), shard=nll_shards(name),
+    if kind == "predicted":
+        return [paths.PREDICTED_VLB.format(experiment=name)] if loss_profile_csv(name) else []
+    return expand(RESULT_FILES[kind], experiment=name, eta=eta_labels(spec), shard=nll_shards(name),
                   sampler=sampler_results(spec), runs=vlb_jobs(name))
+
+
+def table_path(table, suffix):
+    return paths.fill(paths.TABLE, number=table.number) + suffix
+
+
+def table_caption(table):
+    """A table's report caption: a file of workflow/report/ (this file's ../report/), or an absolute path."""
+    return table.caption if os.path.isabs(table.caption) else f"../report/{table.caption}"
+
+
+def table_input_files(table):
+    """{"inputs": the files of the kinds the table reads, in order; each optional kind: its files}."""
+
+    def files(wildcards):
+        inputs = [path for kind in table.reads for path in EXPERIMENT_RESULTS[kind](wildcards)]
+        return {"inputs": inputs, **{kind: EXPERIMENT_RESULTS[kind](wildcards) for kind in table.optional}}
+
+    return files
+
+
+def table_arguments(table):
+    """The table's optional inputs as flags (--predicted), from config and wildcards."""
+    return lambda wildcards: rule_arguments.table_arguments(
+        {kind: EXPERIMENT_RESULTS[kind](wildcards) for kind in table.optional})
 
 
 def paper_table_files(wildcards):
     """{experiment: its result files} for each data set of the paper's table."""
-    return {name: result_files(wildcards.number, name) for name in config["paper"]}
+    table = get_table(wildcards.number)
+    return {name: [path for kind in table.reads for path in result_files(kind, name)] for name in config["paper"]}
 
 
 def literature_table_files(wildcards):
     """{"<kind>_<experiment>": result files}, the names that rule_arguments.literature_table_arguments reads."""
-    return {f"{kind}_{name}": result_files(number, name) for name in config["paper"]
-            for kind, number in (("nll", "1"), ("vlb", "4"), ("fid", "2"))}
+    return {f"{kind}_{name}": result_files(kind, name) for name in config["paper"]
+            for kind in get_table(wildcards.number).reads}

@@ -6,24 +6,24 @@
 rule paper:
     input:
         [target for name in config["paper"] for target in experiment_targets(name)],
-        expand("results/paper/tables/table{number}.{ext}", number=(1, 2, 3, 4, 5), ext=("csv", "md", "tex")),
+        [paths.PAPER_TABLE.format(number=number) + suffix for number in paper_numbers() for suffix in paths.TABLE_SUFFIXES],
 
 
 rule paper_table:
     input:
         unpack(paper_table_files),
     output:
-        csv=report("results/paper/tables/table{number}.csv", caption="../report/paper_table.rst", category="Paper"),
-        md="results/paper/tables/table{number}.md",
-        tex="results/paper/tables/table{number}.tex",
+        csv=report(f"{paths.PAPER_TABLE}.csv", caption="../report/paper_table.rst", category="Paper"),
+        md=f"{paths.PAPER_TABLE}.md",
+        tex=f"{paths.PAPER_TABLE}.tex",
     params:
         arguments=lambda w: rule_arguments.paper_table_arguments(config, w.number, paper_table_files(w)),
     wildcard_constraints:
-        number="1|2|4",
+        number=numbers_pattern(paper_numbers(literature=False)),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/paper/logs/table{number}.log",
+        paths.log("table{number}", under=paths.PAPER),
     shell:
         "expertmerge paper-table {params.arguments} --out {output.csv:q} > {log:q} 2>&1"
 
@@ -32,17 +32,17 @@ rule literature_table:
     input:
         unpack(literature_table_files),
     output:
-        csv=report("results/paper/tables/table{number}.csv", caption="../report/literature_table.rst",
+        csv=report(f"{paths.PAPER_TABLE}.csv", caption="../report/literature_table.rst",
                    category="Paper"),
-        md="results/paper/tables/table{number}.md",
-        tex="results/paper/tables/table{number}.tex",
+        md=f"{paths.PAPER_TABLE}.md",
+        tex=f"{paths.PAPER_TABLE}.tex",
     params:
         arguments=lambda w: rule_arguments.literature_table_arguments(config, w.number, literature_table_files(w)),
     wildcard_constraints:
-        number="3|5",
+        number=numbers_pattern(paper_numbers(literature=True)),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/paper/logs/table{number}.log",
+        paths.log("table{number}", under=paths.PAPER),
     shell:
         "expertmerge literature-table {params.arguments} --out {output.csv:q} > {log:q} 2>&1"

@@ -2,56 +2,29 @@
 # `snakemake --report results/report.html` with its caption from workflow/report/.
 
 
-rule table1:
-    input:
-        nll_files,
-    output:
-        csv=report("results/{experiment}/tables/table1.csv", caption="../report/table1.rst", category="Tables",
-                   subcategory="{experiment}"),
-        md="results/{experiment}/tables/table1.md",
-        tex="results/{experiment}/tables/table1.tex",
-    conda:
-        "../../envs/expertmerge.yaml"
-    log:
-        "results/{experiment}/logs/table1.log",
-    shell:
-        "expertmerge table --table 1 --inputs {input:q} --out {output.csv:q} > {log:q} 2>&1"
+# One rule per table that every experiment has (expertmerge.table_registry), named table<number>.
+for table in experiment_tables():
 
-
-rule table2:
-    input:
-        fid_files,
-    output:
-        csv=report("results/{experiment}/tables/table2.csv", caption="../report/table2.rst", category="Tables",
-                   subcategory="{experiment}"),
-        md="results/{experiment}/tables/table2.md",
-        tex="results/{experiment}/tables/table2.tex",
-    conda:
-        "../../envs/expertmerge.yaml"
-    log:
-        "results/{experiment}/logs/table2.log",
-    shell:
-        "expertmerge table --table 2 --inputs {input:q} --out {output.csv:q} > {log:q} 2>&1"
-
-
-rule table4:
-    input:
-        vlb=vlb_files,
-        predicted=predicted_vlb_files,
-    output:
-        csv=report("results/{experiment}/tables/table4.csv", caption="../report/table4.rst", category="Tables",
-                   subcategory="{experiment}"),
-        md="results/{experiment}/tables/table4.md",
-        tex="results/{experiment}/tables/table4.tex",
-    conda:
-        "../../envs/expertmerge.yaml"
-    log:
-        "results/{experiment}/logs/table4.log",
-    params:
-        arguments=lambda w: rule_arguments.table4_arguments(predicted_vlb_files(w)),  # not from `input` (see rule summary)
-    shell:
-        "expertmerge table --table 4 --inputs {input.vlb:q} {params.arguments} --out {output.csv:q}"
-        " > {log:q} 2>&1"
+    rule:
+        name:
+            f"table{table.number}"
+        input:
+            unpack(table_input_files(table)),
+        output:
+            csv=report(table_path(table, ".csv"), caption=table_caption(table), category="Tables",
+                       subcategory="{experiment}"),
+            md=table_path(table, ".md"),
+            tex=table_path(table, ".tex"),
+        conda:
+            "../../envs/expertmerge.yaml"
+        log:
+            paths.log(f"table{table.number}"),
+        params:
+            # The optional kinds' files from config and wildcards, not from `input` (see rule summary).
+            arguments=table_arguments(table),
+        shell:
+            f"expertmerge table --table {table.number} --inputs {{input.inputs:q}} {{params.arguments}}"
+            " --out {output.csv:q} > {log:q} 2>&1"
 
 
 rule figure_tradeoff:

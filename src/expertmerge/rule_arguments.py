@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from . import paths
 from .downloads import UNPINNED
 from .samplers import parse_result
 from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, numeric_etas,
@@ -68,7 +69,7 @@ def feature_network(config: dict, experiment: str) -> str:
     if fid["features"] == "inception":
         return options(features_kind="inception", features=download_path(config, fid["weights"]),
                        features_checksum=pinned_checksum(config, fid["weights"]))
-    return options(features_kind="digits-classifier", features=f"results/{experiment}/fid/classifier")
+    return options(features_kind="digits-classifier", features=paths.CLASSIFIER.format(experiment=experiment))
 
 
 def file_list(files) -> list:

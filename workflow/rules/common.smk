@@ -213,6 +213,11 @@ def result_files(kind, name):
                   sampler=sampler_results(spec), runs=vlb_jobs(name))
 
 
+def figure_file(figure, suffix):
+    """One of an experiment's figures (its .png or .pdf); `figure` may hold wildcards ("samples_{sampler}")."""
+    return f"{paths.fill(paths.FIGURE, figure=figure)}{suffix}"
+
+
 def table_path(table, suffix):
     return paths.fill(paths.TABLE, number=table.number) + suffix
 

@@ -31,15 +31,15 @@ rule figure_tradeoff:
     input:
         nll=nll_files,
         vlb=vlb_files,
-        fid=per_eta("results/{experiment}/fid/{sampler}/{eta}.json", sampler=SAMPLERS),
+        fid=per_eta(paths.FID, sampler=SAMPLERS),
     output:
-        png=report("results/{experiment}/figures/tradeoff.png", caption="../report/tradeoff.rst", category="Figures",
+        png=report(figure_file("tradeoff", ".png"), caption="../report/tradeoff.rst", category="Figures",
                    subcategory="{experiment}"),
-        pdf="results/{experiment}/figures/tradeoff.pdf",
+        pdf=figure_file("tradeoff", ".pdf"),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/figure_tradeoff.log",
+        paths.log("figure_tradeoff"),
     params:
         arguments=lambda w: rule_arguments.figure_tradeoff_arguments(config, w.experiment),
     shell:
@@ -55,13 +55,13 @@ rule summary:
         profile=loss_profile_files,
         predicted=predicted_vlb_files,
     output:
-        md=report("results/{experiment}/tables/summary.md", caption="../report/summary.rst", category="Tables",
+        md=report(f"{paths.SUMMARY}.md", caption="../report/summary.rst", category="Tables",
                   subcategory="{experiment}"),
-        csv="results/{experiment}/tables/summary.csv",
+        csv=f"{paths.SUMMARY}.csv",
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/summary.log",
+        paths.log("summary"),
     params:
         # From config and wildcards only: Snakemake leaves a params function that reads `input` out of its
         # params rerun trigger (a changed recommend.fid_budget would leave a stale summary).
@@ -74,17 +74,17 @@ rule summary:
 
 rule figure_fixed_noise:
     input:
-        per_eta("results/{experiment}/samples/ode/{eta}/shard0.npz"),
+        per_eta(paths.fill(paths.SAMPLE_SHARD, sampler="ode", shard=0)),
     output:
-        png=report("results/{experiment}/figures/fixed_noise.png", caption="../report/fixed_noise.rst",
+        png=report(figure_file("fixed_noise", ".png"), caption="../report/fixed_noise.rst",
                    category="Figures", subcategory="{experiment}"),
-        pdf="results/{experiment}/figures/fixed_noise.pdf",
+        pdf=figure_file("fixed_noise", ".pdf"),
     params:
         arguments=lambda w: rule_arguments.figure_fixed_noise_arguments(config, w.experiment),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/figure_fixed_noise.log",
+        paths.log("figure_fixed_noise"),
     shell:
         "expertmerge figure-grid {params.arguments} --shards {input:q}"
         " --out {output.png:q} > {log:q} 2>&1"
@@ -94,15 +94,15 @@ rule figure_samples:
     input:
         sample_panels,
     output:
-        png=report("results/{experiment}/figures/samples_{sampler}.png", caption="../report/samples.rst",
+        png=report(figure_file("samples_{sampler}", ".png"), caption="../report/samples.rst",
                    category="Figures", subcategory="{experiment}"),
-        pdf="results/{experiment}/figures/samples_{sampler}.pdf",
+        pdf=figure_file("samples_{sampler}", ".pdf"),
     params:
         arguments=lambda w: rule_arguments.figure_samples_arguments(config, w.experiment, w.sampler),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/figure_samples/{sampler}.log",
+        paths.log("figure_samples/{sampler}"),
     shell:
         "expertmerge figure-grid {params.arguments} --shards {input:q} --out {output.png:q} > {log:q} 2>&1"
 
@@ -111,14 +111,14 @@ rule figure_fid_vs_nfe:
     input:
         fid_files,
     output:
-        png=report("results/{experiment}/figures/fid_vs_nfe.png", caption="../report/fid_vs_nfe.rst",
+        png=report(figure_file("fid_vs_nfe", ".png"), caption="../report/fid_vs_nfe.rst",
                    category="Figures", subcategory="{experiment}"),
-        pdf="results/{experiment}/figures/fid_vs_nfe.pdf",
+        pdf=figure_file("fid_vs_nfe", ".pdf"),
     params:
         arguments=lambda w: rule_arguments.figure_fid_vs_nfe_arguments(config, w.experiment),
     conda:
         "../../envs/expertmerge.yaml"
     log:
-        "results/{experiment}/logs/figure_fid_vs_nfe.log",
+        paths.log("figure_fid_vs_nfe"),
     shell:
         "expertmerge figure-fid-vs-nfe --fid {input:q} {params.arguments} --out {output.png:q} > {log:q} 2>&1"

@@ -113,9 +113,9 @@ SAMPLERS: dict[str, Sampler] = {}
 
 
 def register(sampler: Sampler) -> Sampler:
-    """Add (or replace) a sampler. Its `per` option must be an integer (results are named <name><value>), its
-    name must not be read as another sampler's result, and an option it shares with another sampler by name
-    must be of the same kind (one CLI flag serves both)."""
+    """Add (or replace) a sampler. Its name has no digit and its `per` option is an integer, so that a result
+    name (<name> or <name><value>) names one sampler; an option it shares with another sampler by name must be
+    of the same kind (one CLI flag serves both)."""
     if not re.fullmatch(r"[a-z][a-z_]*", sampler.name):
         raise ValueError(f"a sampler's name is lower-case letters and _, got {sampler.name!r}")
     names = [option.name for option in sampler.options]
@@ -126,13 +126,11 @@ def register(sampler: Sampler) -> Sampler:
     for other in SAMPLERS.values():
         if other.name == sampler.name:
             continue
-        if re.fullmatch(other.result_pattern(), sampler.name) or re.fullmatch(sampler.result_pattern(), other.name):
-            raise ValueError(f"sampler {sampler.name!r}: its results would be confused with sampler {other.name!r}'s")
         for option in sampler.options:
             shared = next((o for o in other.options if o.name == option.name), None)
             if shared is not None and _kind(shared.schema) != _kind(option.schema):
-                raise ValueError(f"sampler {sampler.name!r}: option {option.name!r} is {_kind(option.schema)} but "
-                                 f"{other.name!r}'s is {_kind(shared.schema)}; one CLI flag serves both")
+                raise ValueError(f"sampler {sampler.name!r}: option {option.name!r} is {_kind(option.schema)} but the "
+                                 f"{other.name} sampler's is {_kind(shared.schema)}; one CLI flag serves both")
     SAMPLERS[sampler.name] = sampler
     return sampler
 
@@ -142,7 +140,7 @@ def unregister(name: str) -> None:
 
 
 def _kind(schema: dict) -> str:
-    return "a choice" if "enum" in schema else f"a {schema['type']}"
+    return "a choice" if "enum" in schema else {"integer": "an integer"}.get(schema["type"], f"a {schema['type']}")
 
 
 def sampler_names() -> tuple[str, ...]:

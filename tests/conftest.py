@@ -78,3 +78,20 @@ def persistence_module():
 def persistence():
     with persistence_module() as module:
         yield module
+
+
+def make_tiny_experts(root):
+    """Barely trained experts (edm, vdm) and digit classifier under `root`, and the digits' splits.npz: enough
+    to run the commands. Returns root."""
+    from expertmerge.datasets import load_digits_splits, save_splits
+    from expertmerge.experts.registry import get_family
+    from expertmerge.features import save_classifier, train_classifier
+    from expertmerge.train_expert import train_expert
+
+    splits = load_digits_splits(seed=0, val_fraction=0.1, test_fraction=0.2)
+    save_splits(root / "splits.npz", splits, {})
+    for family, (lo, hi) in (("edm", get_family("edm").gamma_range), ("vdm", (-13.3, 5.0))):
+        train_expert(family, splits["train"], splits["val"], out_stem=root / family, seed=0, steps=2, batch_size=8,
+                     eval_every=1, val_repeats=1, gamma_min=lo, gamma_max=hi)
+    save_classifier(root / "classifier", train_classifier(splits["train"], splits["train_labels"], steps=2))
+    return root

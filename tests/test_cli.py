@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_tiny_experts
 
-from expertmerge.datasets import load_digits_splits, save_splits
-from expertmerge.features import save_classifier, train_classifier
 from expertmerge.experts.registry import get_family
-from expertmerge.train_expert import train_expert
 
 BIN = Path(sys.executable).parent / "expertmerge"
 
@@ -22,14 +20,7 @@ BIN = Path(sys.executable).parent / "expertmerge"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Barely trained experts and classifier: enough to run the commands."""
-    root = tmp_path_factory.mktemp("cli")
-    splits = load_digits_splits(seed=0, val_fraction=0.1, test_fraction=0.2)
-    save_splits(root / "splits.npz", splits, {})
-    for family, (lo, hi) in (("edm", get_family("edm").gamma_range), ("vdm", (-13.3, 5.0))):
-        train_expert(family, splits["train"], splits["val"], out_stem=root / family, seed=0, steps=2, batch_size=8,
-                     eval_every=1, val_repeats=1, gamma_min=lo, gamma_max=hi)
-    save_classifier(root / "classifier", train_classifier(splits["train"], splits["train_labels"], steps=2))
-    return root
+    return make_tiny_experts(tmp_path_factory.mktemp("cli"))
 
 
 def run(*args, **kwargs):

@@ -21,19 +21,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import make_tiny_experts
 
 from expertmerge import samplers, table_registry
 from expertmerge.configuration import ConfigError, validate_config, with_samplers
-from expertmerge.datasets import load_digits_splits, save_splits
-from expertmerge.experts import GaussianExpert
-from expertmerge.experts.registry import get_family
-from expertmerge.features import save_classifier, train_classifier
 from expertmerge.images import to_uint8
 from expertmerge.samplers import Option, Sampler, integer
 from expertmerge.sampling import SampleRecord, heun_noise_levels
 from expertmerge.seeding import per_image_generators
 from expertmerge.table_registry import Table
-from expertmerge.train_expert import train_expert
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -176,13 +172,7 @@ def test_the_cli_holds_each_option_to_its_samplers_range():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Barely trained experts and classifier, and the reference statistics: enough to run the commands."""
-    root = tmp_path_factory.mktemp("samplers")
-    splits = load_digits_splits(seed=0, val_fraction=0.1, test_fraction=0.2)
-    save_splits(root / "splits.npz", splits, {})
-    for family, (lo, hi) in (("edm", get_family("edm").gamma_range), ("vdm", (-13.3, 5.0))):
-        train_expert(family, splits["train"], splits["val"], out_stem=root / family, seed=0, steps=2, batch_size=8,
-                     eval_every=1, val_repeats=1, gamma_min=lo, gamma_max=hi)
-    save_classifier(root / "classifier", train_classifier(splits["train"], splits["train_labels"], steps=2))
+    root = make_tiny_experts(tmp_path_factory.mktemp("samplers"))
     made = run("reference-stats", "--data", root / "splits.npz", "--features", root / "classifier",
                "--out", root / "reference.npz")
     assert made.returncode == 0, made.stderr

@@ -194,8 +194,8 @@ def test_checkpoint_errors_are_clear(tmp_path):
     record.write_text(good[:-10])
     with pytest.raises(ValueError, match="not valid JSON"):
         load_expert(path)
-    record.write_text(json.dumps(dict(json.loads(good), family="flow")))
-    with pytest.raises(ValueError, match="unknown expert family 'flow'"):
+    record.write_text(json.dumps(dict(json.loads(good), family="ddim")))
+    with pytest.raises(ValueError, match="unknown expert family 'ddim'"):
         load_expert(path)
     record.write_text(good)
     path.write_bytes(b"garbage")

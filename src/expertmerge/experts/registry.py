@@ -88,3 +88,5 @@ def format_family(fmt: str, missing_ok: bool = False) -> Family | None:
 # EDM (Karras et al. 2022, Table 1: sigma in [0.002, 80]); VDM's fixed linear schedule (Kingma et al. 2021).
 register(Family("edm", "expertmerge.experts.edm", {"sigma_min": 0.002, "sigma_max": 80.0}, ("edm-pickle",)))
 register(Family("vdm", "expertmerge.experts.vdm", {"gamma_min": -13.3, "gamma_max": 5.0}, ("vdm-checkpoint",)))
+# Rectified flow / flow matching on x_t = (1 - t) x + t eps, trained on t in [0.001, 0.99]: s = t / (1 - t).
+register(Family("flow", "expertmerge.experts.flow", {"sigma_min": 0.001 / 0.999, "sigma_max": 0.99 / 0.01}))

@@ -12,7 +12,7 @@ from expertmerge.likelihood import vlb
 from expertmerge.loss_profile import (crossings, diffusion_term_bpd, in_range, loss_profile, loss_profile_of_data,
                                       mean_and_standard_error, piece_integral, predicted_vlb, profile_grid,
                                       profile_records)
-from expertmerge.merge import pieces, switch
+from expertmerge.merge import pieces, switch, switch_many
 
 from conftest import gaussian_data
 from test_likelihood import Model, make_expert, quantised_samples
@@ -151,11 +151,13 @@ def test_predicted_vlb_equals_the_measured_vlb_of_single_experts_and_merges():
     predicts the VLB of the expert alone and of every merge (Eq. 6-7), within Monte Carlo error."""
     exact, n = make_expert(), 2000
     wrong = GaussianExpert(exact.mean + 0.2, exact.cov, -12.43, 8.764)  # a mis-specified "quality" expert
+    third = GaussianExpert(exact.mean - 0.1, exact.cov * 1.2, -13.3, 8.764)  # a third, for a three-way merge
     images = quantised_samples(exact, n, seed=9)
     gammas = np.union1d(profile_grid(-13.3, 8.764, 221), [-12.43, 5.0])  # a step of 0.1 and both experts' ends
     curves = {id(e): mean_and_standard_error(loss_profile(e, images, gammas, evaluate=in_range(e, gammas),
-                                                          batch_size=n))[0] for e in (exact, wrong)}
-    for model in (exact, wrong, switch(wrong, exact, 0.3), switch(wrong, exact, 0.7)):
+                                                          batch_size=n))[0] for e in (exact, wrong, third)}
+    three_way = switch_many([exact, third, wrong], [0.3, 0.6])  # low to high noise
+    for model in (exact, wrong, switch(wrong, exact, 0.3), switch(wrong, exact, 0.7), three_way):
         predicted = predicted_vlb(images, gammas, [(lo, hi, curves[id(e)]) for lo, hi, e in pieces(model)])
         measured = torch.stack([vlb(model, images, seed=run, batch_size=n).bpd for run in range(1, 5)]).mean(0)
         error = math.sqrt(2) * measured.std().item() / math.sqrt(n)  # the profile's noise is of the same size

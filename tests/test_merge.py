@@ -1,6 +1,7 @@
 """Merging by noise level: feasible range (Eq. 15), ownership of noise levels, blends, N experts."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,20 @@ def test_three_experts_over_two_switch_levels():
         switch_many(spies, [0.6, 0.5])
     with pytest.raises(ValueError, match="need 2 switch levels"):
         switch_many(spies, [0.5])
+
+
+def test_a_three_way_switch_of_gaussian_experts_is_the_piecewise_exact_denoiser():
+    """Three Gaussian experts of different data, switched at eta 0.3 and 0.6 (low to high noise): at every
+    level the merge's D is the exact denoiser of the expert that owns it, and nothing else."""
+    mean, cov = gaussian_data()
+    experts = [GaussianExpert(mean + shift, cov * scale, -13.3, 8.764) for shift, scale in ((0.0, 1.0), (0.3, 0.5), (-0.2, 2.0))]
+    merged = switch_many(experts, [0.3, 0.6])
+    cut = [-13.3 + eta * (8.764 + 13.3) for eta in (0.3, 0.6)]
+    generator = torch.Generator().manual_seed(0)
+    for gamma in np.linspace(-13.0, 8.5, 12):
+        owner = experts[int(gamma >= cut[0]) + int(gamma >= cut[1])]
+        x = torch.randn(5, *mean.shape, generator=generator)
+        s = float(np.exp(gamma / 2))
+        torch.testing.assert_close(merged.denoise(x, s), owner.denoise(x, s), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="outside the feasible"):
+        switch_many([experts[0], GaussianExpert(mean, cov, 0.0, 8.764), experts[2]], [0.3, 0.6])  # cannot serve 0.3

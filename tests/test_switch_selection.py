@@ -168,3 +168,71 @@ def test_the_auto_label_needs_its_switches():
     choice = resolve_eta("auto", names, 0.04, 0.83, [0.3, 0.4, 0.6])
     assert (choice.eta, choice.plot_position, choice.baseline) == (0.3, 0.3, None)
     assert choice.record()["switch_etas"] == "0.3 0.4 0.6"
+
+
+# ----------------------------------------------------------------------------
+# Any number of experts (`vlb_optimal_pieces`), on constructed curves whose optimum is known.
+
+LINE = np.linspace(-10.0, 10.0, 401)
+THREE = {"vdm": 1 + 0.1 * (LINE + 3), "flow": np.ones_like(LINE), "edm": 1 - 0.1 * (LINE - 4)}  # lowest: vdm, flow, edm
+EVERYWHERE = {name: (-10.0, 10.0) for name in THREE}
+NO_ERROR = {name: np.zeros_like(LINE) for name in THREE}
+
+
+def test_auto_over_three_curves_picks_the_lowest_curve_at_each_gamma():
+    from expertmerge.switch_selection import vlb_optimal_pieces
+
+    chosen, pointwise, candidates = vlb_optimal_pieces(LINE, THREE, NO_ERROR, EVERYWHERE)
+    assert chosen == pointwise and chosen.experts == ("vdm", "flow", "edm")
+    assert chosen.switches == pytest.approx((-3.0, 4.0), abs=1e-9) and chosen.excess_bpd == 0
+    assert [len(c.experts) for c in candidates] == [1, 2, 3]
+    assert candidates[0].experts == ("flow",)  # one expert alone: the lowest integral over the whole range
+    narrow = {**EVERYWHERE, "edm": (5.0, 10.0)}  # edm may not serve below 5: flow serves on to there
+    assert vlb_optimal_pieces(LINE, THREE, NO_ERROR, narrow)[0].switches == pytest.approx((-3.0, 5.0), abs=1e-9)
+    gap = {"vdm": (-10.0, -4.0), "flow": (-2.0, 10.0), "edm": (0.0, 10.0)}
+    with pytest.raises(ValueError, match=r"no expert is valid and measured over gamma in \[-4, -3\]"):
+        vlb_optimal_pieces(LINE, THREE, NO_ERROR, gap)
+
+
+def test_auto_over_three_curves_smooths_a_dip_within_its_standard_error():
+    from expertmerge.switch_selection import vlb_optimal_pieces
+
+    dip = THREE["flow"] - 2 * np.clip(0.25 - np.abs(LINE - 6.25), 0, None)  # below edm's near 6.25 only
+    noisy = {**NO_ERROR, "flow": np.where(np.abs(LINE - 6.25) < 0.5, 0.5, 0.0)}  # uncertain only around the dip
+    chosen, pointwise, _ = vlb_optimal_pieces(LINE, {**THREE, "flow": dip}, noisy, EVERYWHERE)
+    assert pointwise.experts == ("vdm", "flow", "edm", "flow", "edm") and chosen.experts == ("vdm", "flow", "edm")
+    assert 0 < chosen.excess_bpd <= chosen.standard_error_bpd
+    exact = vlb_optimal_pieces(LINE, {**THREE, "flow": dip}, NO_ERROR, EVERYWHERE)[0]
+    assert exact.experts == pointwise.experts  # with no error, nothing is smoothed away
+
+
+def test_auto_over_n_experts_finds_the_best_merge_of_each_size_by_brute_force():
+    import itertools
+
+    from expertmerge.switch_selection import BITS, _breaks, vlb_optimal_pieces
+    from expertmerge.loss_profile import piece_integral
+
+    generator = np.random.default_rng(3)
+    grid = np.linspace(-6.0, 6.0, 25)
+    curves = {name: 1 + 0.3 * np.cumsum(generator.standard_normal(25)) / 5 for name in "abc"}
+    ranges = {name: (-6.0, 6.0) for name in curves}
+    _, pointwise, candidates = vlb_optimal_pieces(grid, curves, {n: np.zeros(25) for n in curves}, ranges)
+    breaks = _breaks(grid, curves, ranges)
+    costs = [{n: piece_integral(grid, c, lo, hi) * BITS for n, c in curves.items()} for lo, hi in zip(breaks[:-1], breaks[1:])]
+    best = {}
+    for labels in itertools.product("abc", repeat=len(costs)):
+        pieces = 1 + sum(a != b for a, b in zip(labels[:-1], labels[1:]))
+        best[pieces] = min(best.get(pieces, np.inf), sum(c[n] for c, n in zip(costs, labels)))
+    optimum = min(best.values())
+    for candidate in candidates:
+        assert candidate.excess_bpd == pytest.approx(best[len(candidate.experts)] - optimum, abs=1e-12)
+    assert pointwise.excess_bpd == 0 and len(candidates) == len(pointwise.experts)
+
+
+def test_auto_over_two_experts_agrees_with_the_two_expert_selection():
+    from expertmerge.switch_selection import vlb_optimal_pieces
+
+    two = {"likelihood": THREE["vdm"], "quality": THREE["edm"]}
+    chosen = vlb_optimal_pieces(LINE, two, {n: np.zeros_like(LINE) for n in two}, {n: (-10.0, 10.0) for n in two})[0]
+    selection = vlb_optimal_switches(LINE, two["likelihood"], two["quality"], np.zeros_like(LINE), -10.0, 10.0)
+    assert chosen.experts == tuple(selection.experts()) and chosen.switches == pytest.approx(selection.chosen.switches)

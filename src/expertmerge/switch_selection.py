@@ -129,3 +129,74 @@ def vlb_optimal_switches(gammas, likelihood, quality, difference_error, gamma_lo
 def switch_etas(switches, gamma_0: float, gamma_1: float) -> list[float]:
     """Switch gammas as etas on the merged range's linear clock (Eq. 14)."""
     return [linear_gamma_time(gamma, gamma_0, gamma_1) for gamma in switches]
+
+
+# ---------------------------------------------------------------------------------------------
+# Any number of experts: at each gamma the expert with the lowest L(gamma) among those valid there serves,
+# smoothed to the fewest pieces within one standard error of that pointwise optimum, as for two experts.
+
+@dataclass(frozen=True)
+class Pieces:
+    experts: tuple[str, ...]     # the serving experts, from low to high noise (adjacent ones differ)
+    switches: tuple[float, ...]  # the gammas between them
+    excess_bpd: float            # expected VLB above the pointwise optimum's (bits/dim, >= 0)
+    standard_error_bpd: float    # bound on the standard error of that excess
+
+
+def _breaks(grid, curves: dict, ranges: dict) -> np.ndarray:
+    """The grid's ends, every expert's range ends inside it and every crossing of two experts' curves where
+    both are measured: between two breaks, which expert is lowest (and which may serve) does not change."""
+    points = [grid[0], grid[-1], *(end for lo, hi in ranges.values() for end in (lo, hi) if grid[0] < end < grid[-1])]
+    names = list(curves)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = np.isfinite(curves[a]) & np.isfinite(curves[b])
+            points += _zeros(grid[both], (curves[a] - curves[b])[both]) if both.sum() > 1 else []
+    return np.unique(np.round(points, 12))
+
+
+def vlb_optimal_pieces(gammas, curves: dict, errors: dict, ranges: dict) -> tuple[Pieces, Pieces, list[Pieces]]:
+    """The VLB-optimal merge of any number of experts from their mean loss curves on `gammas` (NaN where
+    unmeasured), the standard errors of those means, and each expert's valid (gamma_lo, gamma_hi). Every gamma
+    of the merged range must be served by an expert valid and measured there. Returns (chosen, pointwise
+    optimum, the best merge for each number of pieces up to the pointwise one's). The excess's standard error
+    is bounded by the integral of se_a + se_b where a merge differs from the optimum (a bound whatever the
+    curves' correlation, erring towards fewer pieces; `vlb_optimal_switches` uses the paired error instead)."""
+    grid = np.asarray(gammas, dtype=np.float64)
+    curves = {name: np.asarray(curve, dtype=np.float64) for name, curve in curves.items()}
+    errors = {name: np.nan_to_num(np.asarray(errors[name], dtype=np.float64), nan=0.0) for name in curves}
+    breaks = _breaks(grid, curves, ranges)
+    options = []  # per segment: {expert: (cost, error)} of the experts that may serve all of it
+    for lo, hi in zip(breaks[:-1], breaks[1:]):
+        inside = (grid >= lo - 1e-9) & (grid <= hi + 1e-9)
+        options.append({name: (piece_integral(grid, curve, lo, hi) * BITS, piece_integral(grid, errors[name], lo, hi) * BITS)
+                        for name, curve in curves.items() if ranges[name][0] - 1e-9 <= lo and hi <= ranges[name][1] + 1e-9
+                        and np.isfinite(curve[inside]).all()})
+        if not options[-1]:
+            raise ValueError(f"no expert is valid and measured over gamma in [{lo:.4g}, {hi:.4g}]")
+    pointwise_labels = [min(segment, key=lambda name: segment[name][0]) for segment in options]
+    optimum = sum(segment[name][0] for segment, name in zip(options, pointwise_labels))
+
+    def as_pieces(labels) -> Pieces:
+        cost = sum(segment[name][0] for segment, name in zip(options, labels))
+        differ = sum(segment[a][1] + segment[b][1] for segment, a, b in zip(options, labels, pointwise_labels) if a != b)
+        changes = [j for j in range(1, len(labels)) if labels[j] != labels[j - 1]]
+        return Pieces(tuple(labels[j] for j in [0, *changes]), tuple(float(breaks[j]) for j in changes),
+                      max(cost - optimum, 0.0), float(differ))
+
+    pointwise = as_pieces(pointwise_labels)
+    most = len(pointwise.experts)
+    # best[(expert, pieces)] = (cost, labels) over the segments so far
+    best = {(name, 1): (cost, [name]) for name, (cost, _) in options[0].items()}
+    for segment in options[1:]:
+        step = {}
+        for (previous, count), (cost, labels) in best.items():
+            for name, (extra, _) in segment.items():
+                key = (name, count + (name != previous))
+                if key[1] <= most and (key not in step or cost + extra < step[key][0]):
+                    step[key] = (cost + extra, labels + [name])
+        best = step
+    candidates = [as_pieces(min((v for (_, c), v in best.items() if c == count), key=lambda v: v[0])[1])
+                  for count in range(1, most + 1) if any(c == count for _, c in best)]
+    chosen = next((c for c in candidates if c.excess_bpd <= c.standard_error_bpd), pointwise)
+    return chosen, pointwise, candidates

@@ -20,10 +20,13 @@ for table in experiment_tables():
         log:
             paths.log(f"table{table.number}"),
         params:
+            # Snakemake evaluates a rule's shell command when the job runs, after this loop has moved on, so
+            # the table's number reaches it through params, which are evaluated here.
+            number=table.number,
             # The optional kinds' files from config and wildcards, not from `input` (see rule summary).
             arguments=table_arguments(table),
         shell:
-            f"expertmerge table --table {table.number} --inputs {{input.inputs:q}} {{params.arguments}}"
+            "expertmerge table --table {params.number} --inputs {input.inputs:q} {params.arguments}"
             " --out {output.csv:q} > {log:q} 2>&1"
 
 

@@ -10,6 +10,12 @@ from expertmerge.experts import GaussianExpert
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    # The SLURM cluster tests mostly wait on the cluster's queue (about 20 minutes in all); collected first,
+    # their file is the first one handed to an xdist worker, and the other workers run the rest meanwhile.
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable: each file keeps its order
+
+
 def pytest_sessionstart(session):
     # matplotlib builds its font cache on first use and says so on stderr ("generated new
     # fontManager"); in a fresh venv that extra line would break the one-line-error checks

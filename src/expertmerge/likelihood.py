@@ -169,25 +169,53 @@ def ode_log_density(expert, x0: torch.Tensor, probe: torch.Tensor, *, rtol: floa
     initial-step heuristic may land past gamma_max, and it is clamped.
     """
     check_tolerances(rtol, atol)
-    n, shape = x0.shape[0], x0.shape[1:]
     dim = x0[0].numel()
     gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
-    norm, alpha0, calls = solver_norm(error_norm), vp_alpha_sigma(gamma_min)[0], 0
+    alpha0 = vp_alpha_sigma(gamma_min)[0]
+    state = torch.cat([alpha0 * x0.double().flatten(1), torch.zeros(x0.shape[0], 1, dtype=torch.float64,
+                                                                     device=x0.device)], 1)
+    final, calls = nll_segment(expert, state, x0.shape[1:], gamma_min, gamma_max, probe, rtol=rtol, atol=atol,
+                               error_norm=error_norm, indices=indices)
+    return log_density_at_data(final, gamma_min), calls
+
+
+def log_density_at_data(final: torch.Tensor, gamma_min: float) -> torch.Tensor:
+    """log p(x0) in VE coordinates at gamma_min from the augmented state [z1, L] at gamma_max (Eq. 8):
+    log N(z1; 0, I) + L + dim log alpha0, since z0 = alpha0 x0."""
+    dim = final.shape[1] - 1
+    return prior_log_density(final[:, :dim]) + final[:, dim] + dim * math.log(vp_alpha_sigma(gamma_min)[0])
+
+
+def nll_segment(expert, state: torch.Tensor, shape, gamma_from: float, gamma_to: float, probe: torch.Tensor, *,
+                rtol: float, atol: float, error_norm: str = "batch-rms",
+                indices: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+    """The augmented state [z, L] (float64 [N, dim + 1], dL/dgamma = div f) carried from gamma_from up to gamma_to
+    with dopri5; (state, function evaluations). The last step is cut to end on gamma_to, so the expert is never
+    asked beyond it; only the trial evaluation of dopri5's initial-step heuristic may land past it, and is clamped."""
+    n, dim, norm, calls = state.shape[0], state.shape[1] - 1, solver_norm(error_norm), 0
 
     def augmented(gamma, state):
         nonlocal calls
         calls += 1
-        gamma = min(max(float(gamma), gamma_min), gamma_max)
+        gamma = min(max(float(gamma), gamma_from), gamma_to)
         velocity, divergence = vp_velocity_and_divergence(expert, state[:, :dim].reshape(n, *shape), gamma, probe,
                                                           indices)
         return torch.cat([velocity.flatten(1), divergence[:, None]], dim=1)
 
-    state = torch.cat([alpha0 * x0.double().flatten(1), torch.zeros(n, 1, dtype=torch.float64, device=x0.device)], 1)
-    gammas = torch.tensor([gamma_min, gamma_max], dtype=torch.float64, device=x0.device)
+    gammas = torch.tensor([gamma_from, gamma_to], dtype=torch.float64, device=state.device)
     with torch.no_grad():
         final = odeint(augmented, state, gammas, method="dopri5", rtol=rtol, atol=atol,
                        options=dict(norm=norm, step_t=gammas[1:]))[-1]
-    return prior_log_density(final[:, :dim]) + final[:, dim] + dim * math.log(alpha0), calls
+    return final, calls
+
+
+def nll_draws(images: torch.Tensor, seeds: Sequence[int], s0: float, dequantization: str, device):
+    """Image j's dequantised x0 (VE, float64), log q(x0 | x) and Hutchinson probe, in this order from the generator
+    seeded with seeds[j]: the same draws wherever its solve starts or is cut."""
+    generators = per_image_generators(seeds)
+    x = from_uint8(images).to(device)
+    x0, log_q = dequantize_tn(x, s0, generators) if dequantization == "tn" else dequantize_uniform(x, generators)
+    return x0, log_q, rademacher(generators, x.shape[1:], device)
 
 
 def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-5, dequantization: str = "tn",
@@ -213,16 +241,11 @@ def ode_nll(expert, images, *, seeds=None, rtol: float = 1e-5, atol: float = 1e-
     bpds, nfes = [], []
     for start in range(0, len(seeds), batch_size):
         indices = list(range(start, min(start + batch_size, len(seeds))))
-        generators = per_image_generators(seeds[start:indices[-1] + 1])
-        x = from_uint8(images[start:indices[-1] + 1]).to(device)
-        if dequantization == "tn":
-            x0, log_q = dequantize_tn(x, s0, generators)
-        else:
-            x0, log_q = dequantize_uniform(x, generators)
-        probe = rademacher(generators, x.shape[1:], device)
+        x0, log_q, probe = nll_draws(images[start:indices[-1] + 1], seeds[start:indices[-1] + 1], s0, dequantization,
+                                     device)
         log_p, calls = ode_log_density(expert, x0, probe, rtol=rtol, atol=atol, error_norm=error_norm,
                                        indices=indices)
-        bpd = -(log_p - log_q) / (x[0].numel() * math.log(2))
+        bpd = -(log_p - log_q) / (x0[0].numel() * math.log(2))
         raise_if_not_finite(bpd, indices, "the ODE bpd (the expert's output was finite; the solve overflowed)")
         bpds.append(bpd.cpu())
         nfes.append(torch.full((len(indices),), calls, dtype=torch.int64))

@@ -120,6 +120,24 @@ def check_tolerances(rtol, atol) -> None:
             raise ValueError(f"solver tolerances: {name} must be a number in [{low:g}, {high:g}], got {value!r}")
 
 
+def ode_segment(expert, z: torch.Tensor, gamma_from: float, gamma_to: float, seeds, *, rtol: float, atol: float,
+                norm) -> tuple[torch.Tensor, int]:
+    """The VP PF-ODE state z carried from gamma_from to gamma_to with dopri5; (z, function evaluations)."""
+    low, high, calls = min(gamma_from, gamma_to), max(gamma_from, gamma_to), 0
+
+    def velocity(gamma, z):
+        nonlocal calls
+        calls += 1
+        gamma = min(max(float(gamma), low), high)  # dopri5's initial-step trial may overshoot
+        alpha, _ = vp_alpha_sigma(gamma)
+        return vp_velocity(_denoised(expert, z / alpha, gamma_to_noise_level(gamma), seeds), z, alpha)
+
+    gammas = torch.tensor([gamma_from, gamma_to], dtype=torch.float64)
+    # step_t makes the last step end on gamma_to instead of stepping past it and interpolating back.
+    path = odeint(velocity, z, gammas, method="dopri5", rtol=rtol, atol=atol, options=dict(norm=norm, step_t=gammas[1:]))
+    return path[-1], calls
+
+
 def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, batch_size: int = 64,
                error_norm: str = "batch-rms", device=None) -> SampleRecord:
     """The VP PF-ODE from z ~ N(0, I) at gamma_max to gamma_min with dopri5 (RK45), then x = z/alpha."""
@@ -127,20 +145,10 @@ def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, 
     norm = solver_norm(error_norm)
 
     def batch(expert, seeds, generators, shape, device):
-        gamma_min, gamma_max, calls = float(expert.gamma_min), float(expert.gamma_max), 0
-
-        def velocity(gamma, z):
-            nonlocal calls
-            calls += 1
-            gamma = min(max(float(gamma), gamma_min), gamma_max)  # dopri5's initial-step trial may overshoot
-            alpha, _ = vp_alpha_sigma(gamma)
-            return vp_velocity(_denoised(expert, z / alpha, gamma_to_noise_level(gamma), seeds), z, alpha)
-
-        gammas = torch.tensor([gamma_max, gamma_min], dtype=torch.float64)
-        # step_t makes the last step end on gamma_min instead of stepping past it and interpolating back.
-        path = odeint(velocity, _normal(generators, shape, device), gammas, method="dopri5",
-                      rtol=rtol, atol=atol, options=dict(norm=norm, step_t=gammas[1:]))
-        return path[-1] / vp_alpha_sigma(gamma_min)[0], calls
+        gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
+        z, calls = ode_segment(expert, _normal(generators, shape, device), gamma_max, gamma_min, seeds,
+                               rtol=rtol, atol=atol, norm=norm)
+        return z / vp_alpha_sigma(gamma_min)[0], calls
 
     return _in_batches(batch, expert, seeds, shape, batch_size, device)
 
@@ -231,16 +239,24 @@ def sample_ancestral(expert, seeds, shape, *, steps: int = 256, clip_denoised: b
         raise ValueError(f"steps must be >= 1, got {steps}")
 
     def batch(expert, seeds, generators, shape, device):
-        gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
         x = _prior(expert, generators, shape, device)
-        for i in range(steps, 0, -1):
-            gamma_t = linear_gamma(i / steps, gamma_min, gamma_max)
-            gamma_s = linear_gamma((i - 1) / steps, gamma_min, gamma_max)
-            c = -math.expm1(gamma_s - gamma_t)
-            denoised = _denoised(expert, x, gamma_to_noise_level(gamma_t), seeds)
-            denoised = denoised.clamp(-1, 1) if clip_denoised else denoised
-            noise = _normal(generators, shape, device)
-            x = x - c * (x - denoised) + gamma_to_noise_level(gamma_s) * math.sqrt(c) * noise
-        return x, steps
+        return ancestral_steps(expert, x, generators, seeds, steps, steps, 0, clip_denoised), steps
 
     return _in_batches(batch, expert, seeds, shape, batch_size, device)
+
+
+def ancestral_steps(expert, x: torch.Tensor, generators, seeds, steps: int, first: int, last: int,
+                    clip_denoised: bool = True, gamma_range=None) -> torch.Tensor:
+    """Steps i = first, first - 1, ..., last + 1 of the ancestral sampler's `steps` on the linear gamma grid over
+    `gamma_range` (default the expert's), each drawing its noise from the images' generators after D: a run
+    cut at any step and continued from its state and generators is the uncut run, bit for bit."""
+    gamma_min, gamma_max = map(float, gamma_range or (expert.gamma_min, expert.gamma_max))
+    for i in range(first, last, -1):
+        gamma_t = linear_gamma(i / steps, gamma_min, gamma_max)
+        gamma_s = linear_gamma((i - 1) / steps, gamma_min, gamma_max)
+        c = -math.expm1(gamma_s - gamma_t)
+        denoised = _denoised(expert, x, gamma_to_noise_level(gamma_t), seeds)
+        denoised = denoised.clamp(-1, 1) if clip_denoised else denoised
+        noise = _normal(generators, x.shape[1:], x.device)
+        x = x - c * (x - denoised) + gamma_to_noise_level(gamma_s) * math.sqrt(c) * noise
+    return x

@@ -108,8 +108,9 @@ def test_a_merge_off_the_trunks_path_is_refused(experts):
     quality, likelihood = experts
     merged = switch(quality, likelihood, 0.3)
     state = trunks.advance(trunks.start("ancestral", merged, range(2), SHAPE, ANCESTRAL), merged, 0.5)
-    # the likelihood expert on top: an "auto" merge whose high-noise piece is another expert
-    upside_down = switch_many([quality, likelihood], [0.4])
+    # an "auto" merge whose high-noise piece is another expert
+    other = GaussianExpert(*gaussian_data(SHAPE, seed=3), gamma_min=-13.3, gamma_max=8.764)
+    upside_down = switch_many([likelihood, other], [0.4])
     with pytest.raises(ValueError, match="another expert than the trunk's"):
         trunks.finish_samples(state, upside_down)
     with pytest.raises(ValueError, match="not served by one expert"):

@@ -77,13 +77,23 @@ def _sampler_options(parser):
         parser.add_argument(option.flag, type=kind, default=None, help=help_text)
 
 
+def _trunk(parser):
+    """A sweep's shared trunk (expertmerge.trunks): write one segment of it, or run a merge's tail from it."""
+    parser.add_argument("--until-level", type=bounded_float(0, 1), default=None, metavar="ETA",
+                        help="write the trunk state at this anchor on the merged clock to --out (an .npz) instead of "
+                             "results: one trunk segment, run by the expert --eta's merge uses there")
+    parser.add_argument("--start-state", default=None, metavar="NPZ",
+                        help="start from this trunk state (an --until-level output) instead of the prior or the data")
+
+
 def _titles(numbers) -> str:
     return "; ".join(f"Table {number}, {get_table(number).title}" for number in numbers)
 
 
 def _features(parser):
     parser.add_argument("--features-kind", choices=["digits-classifier", "inception"], default="digits-classifier")
-    parser.add_argument("--features", required=True, help="classifier stem, or the Inception weights file")
+    parser.add_argument("--features", default=None, help="classifier stem, or the Inception weights file (required, "
+                                                         "except for a trunk segment)")
     parser.add_argument("--features-checksum", default=None, help="sha256:<hex> of the Inception weights, checked first")
 
 
@@ -198,6 +208,7 @@ def _measurement_commands(command):
     _sampler_options(sub)
     sub.add_argument("--batch-size", type=batch, default=500)
     _features(sub)
+    _trunk(sub)
 
     sub = command("fid", commands.cmd_fid, "FID of one (sampler, eta) from its shards' features", "result .json")
     sub.add_argument("--reference", required=True)
@@ -224,6 +235,7 @@ def _measurement_commands(command):
     sub.add_argument("--dequantization", choices=["tn", "uniform"], default="tn")
     sub.add_argument("--error-norm", choices=["batch-rms", "image-max"], default="batch-rms",
                      help="how a batch's solver error is measured (batch-rms: score_sde's, the paper's NFE)")
+    _trunk(sub)
 
 
 def _profile_commands(command):

@@ -161,16 +161,28 @@ def cmd_sample(args):
 
     declared = get_sampler(args.sampler)
     options = resolve_options(declared, given_options(args))  # each in its sampler's own range, before any work
+    check_trunk_arguments(args, declared.name)
+    if args.until_level is None and args.features is None:
+        raise ValueError("sample needs --features (the classifier stem or the Inception weights) for the FID "
+                         "features it stores, unless it writes a trunk state (--until-level)")
     device = resolve_device(args.device)
     expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
+    seeds, images, nfe = list(args.seeds), [], []
+    if args.until_level is not None:
+        return write_trunk_state(args, declared.name, expert, seeds, shape, options, device)
     check_feature_input(args.features_kind, shape)  # before sampling, not after it
     sampler = declared.implementation()
     name = declared.result_name(options)  # Heun's results are per step count: "heun18"
-    seeds, images, nfe = list(args.seeds), [], []
+    trunk = start_state(args, declared.name, seeds, options)
     progress = Progress(len(seeds), f"{args.sampler} samples at eta={args.eta}")
     for start in range(0, len(seeds), args.batch_size):  # image i uses seed i (the ODE's step size is per batch)
-        record = sampler(expert, seeds[start:start + args.batch_size], shape, batch_size=args.batch_size,
-                         device=device, **options)
+        if trunk is not None:  # the merge's tail from the sweep's shared trunk
+            from .trunks import finish_samples
+
+            record = finish_samples(trunk.rows(start, start + args.batch_size), expert, device)
+        else:
+            record = sampler(expert, seeds[start:start + args.batch_size], shape, batch_size=args.batch_size,
+                             device=device, **options)
         images.append(record.images.cpu().numpy())
         nfe.append(record.nfe.cpu().numpy())
         progress(start + len(record.nfe), nfe=int(record.nfe[0]))
@@ -179,8 +191,45 @@ def cmd_sample(args):
     batches = {"batch_size": max(solved_batch_sizes(len(seeds), args.batch_size)),  # the largest batch solved
                "batch_limit": args.batch_size}
     save_sample_shard(args.out, images=images, seeds=np.array(seeds), nfe=nfe, features=feats.astype(np.float32),
-                      record={**choice.record(), "sampler": name, **options, **batches})
+                      record={**choice.record(), "sampler": name, **options, **batches, **trunk_record(trunk)})
     log.info("wrote %s (mean NFE %.1f)", args.out, nfe.mean())
+
+
+def check_trunk_arguments(args, path: str) -> None:
+    """--until-level/--start-state only for a path that shares a trunk, and not both with a result."""
+    from .sharing import DIRECTIONS
+
+    if (args.until_level is not None or args.start_state is not None) and path not in DIRECTIONS:
+        raise ValueError(f"--until-level/--start-state: the {path} path shares no trunk (shared: {', '.join(DIRECTIONS)})")
+
+
+def start_state(args, path: str, seeds, options: dict):
+    """The trunk state --start-state names, checked to continue this run (None without it)."""
+    if args.start_state is None:
+        return None
+    from .trunks import check_continues, load_trunk_state
+
+    state = load_trunk_state(args.start_state)
+    check_continues(state, path, seeds, options, args.start_state)
+    return state
+
+
+def trunk_record(trunk) -> dict:
+    """Where a shared result's own run began (the anchor its tail started from), for its record."""
+    return {} if trunk is None else {"trunk_level": trunk.level}
+
+
+def write_trunk_state(args, path: str, expert, seeds, shape, options: dict, device, images=None) -> None:
+    """One trunk segment: every image from --start-state (else its path's start) to the anchor --until-level."""
+    from .trunks import advance, concat, save_trunk_state, start
+
+    state = start_state(args, path, seeds, options) or start(path, expert, seeds, shape, options, images, device)
+    progress, parts = Progress(len(seeds), f"{path} trunk to eta={args.until_level:g}"), []
+    for begin in range(0, len(seeds), args.batch_size):
+        parts.append(advance(state.rows(begin, begin + args.batch_size), expert, args.until_level, device))
+        progress(begin + len(parts[-1].seeds), nfe=int(parts[-1].nfe[0]))
+    save_trunk_state(args.out, concat(parts))
+    log.info("wrote the %s trunk at eta=%g -> %s", path, args.until_level, args.out)
 
 
 def cmd_fid(args):
@@ -272,6 +321,7 @@ def cmd_nll(args):
     import pandas as pd
 
     from .devices import resolve_device
+    from .images import check_images
     from .likelihood import check_image_shape, ode_nll
     from .pipeline import build_expert
     from .shards import write_csv
@@ -279,13 +329,30 @@ def cmd_nll(args):
     device = resolve_device(args.device)
     expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
+    options = {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm,
+               "dequantization": args.dequantization}
+    check_trunk_arguments(args, "nll")
+    if args.until_level is not None:
+        shape = (images.shape[3], *images.shape[1:3])
+        return write_trunk_state(args, "nll", expert, list(indices), shape, options, device, check_images(images))
+    trunk = start_state(args, "nll", list(indices), options)
     progress = Progress(len(indices), f"ODE NLL at eta={args.eta}")
-    result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
-                     dequantization=args.dequantization, batch_size=args.batch_size, error_norm=args.error_norm,
-                     progress=progress, device=device)
+    if trunk is not None:  # the merge's tail from the sweep's shared trunk
+        import torch
+
+        from .likelihood import LikelihoodRecord
+        from .trunks import finish_nll
+
+        parts = [finish_nll(trunk.rows(b, b + args.batch_size), expert, check_images(images[b:b + args.batch_size]),
+                            device) for b in range(0, len(indices), args.batch_size)]
+        result = LikelihoodRecord(bpd=torch.cat([p.bpd for p in parts]), nfe=torch.cat([p.nfe for p in parts]))
+    else:
+        result = ode_nll(expert, images, seeds=list(indices), rtol=args.rtol, atol=args.atol,
+                         dequantization=args.dequantization, batch_size=args.batch_size, error_norm=args.error_norm,
+                         progress=progress, device=device)
     frame = pd.DataFrame({"image": list(indices), "bpd": result.bpd.numpy(), "nfe": result.nfe.numpy(),
                           "batch_size": solved_batch_sizes(len(indices), args.batch_size), "error_norm": args.error_norm})
-    for key, value in choice.record().items():
+    for key, value in {**choice.record(), **trunk_record(trunk)}.items():
         frame[key] = value
     write_csv(args.out, frame)
     log.info("mean %.4f bpd (s.e. %.4f) over %d images", result.mean(), result.standard_error(), len(indices))

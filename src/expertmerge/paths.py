@@ -25,6 +25,7 @@ SAMPLE_SHARD = EXPERIMENT + "/samples/{sampler}/{eta}/shard{shard}.npz"
 FID = EXPERIMENT + "/fid/{sampler}/{eta}.json"
 NLL_SHARD = EXPERIMENT + "/nll/{eta}/shard{shard}.csv"
 VLB_JOB = EXPERIMENT + "/vlb/{eta}/{runs}.json"
+TRUNK_STATE = EXPERIMENT + "/trunks/{path}/level{level}/shard{shard}.npz"  # a sweep's shared trunk at an anchor
 
 # The per-noise-level view.
 LOSS_PROFILE_SHARD = EXPERIMENT + "/diagnostics/loss_profile/shard{shard}.csv"

@@ -35,8 +35,8 @@ from .npz import ArraySpec, load_npz
 from .sampling import SampleRecord, _normal, ancestral_steps, check_tolerances, ode_segment, solver_norm
 from .images import to_uint8
 from .seeding import per_image_generators
+from .sharing import DIRECTIONS, anchor_index, trunk_end
 
-DIRECTIONS = {"ancestral": "down", "ode": "down", "nll": "up"}  # the shareable paths: which way each runs
 
 
 @dataclass
@@ -58,6 +58,29 @@ class TrunkState:
                        generators=None if self.generators is None else self.generators[start:stop])
 
 
+def concat(states: list) -> TrunkState:
+    """Batches of one trunk state, each carried to the same level, as one state again."""
+    first = states[0]
+    return replace(first, seeds=[s for state in states for s in state.seeds],
+                   state=torch.cat([state.state for state in states]), nfe=torch.cat([state.nfe for state in states]),
+                   generators=None if first.generators is None else torch.cat([state.generators for state in states]))
+
+
+def check_continues(state: TrunkState, path: str, seeds, options: dict, where="the start state") -> None:
+    """Refuse a stored state that is not this run's: another path, other images or other settings."""
+    problems = [f"{name} {mine!r} where this run has {theirs!r}" for name, mine, theirs in
+                (("path", state.path, path), ("seeds", _span(state.seeds), _span(seeds)),
+                 ("options", state.options, dict(options))) if mine != theirs]
+    if problems:
+        raise ValueError(f"{where} does not continue this run: it has {'; '.join(problems)}")
+
+
+def _span(seeds) -> str:
+    seeds = [int(s) for s in seeds]
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1)) if seeds else True
+    return f"{seeds[0]}:{seeds[-1] + 1}" if seeds and contiguous else str(seeds)
+
+
 def expert_identity(expert) -> str:
     """What names an expert across processes: its checkpoint's weights digest, else the object in this one."""
     digest = (getattr(expert, "meta", None) or {}).get("weights_sha256")
@@ -66,29 +89,6 @@ def expert_identity(expert) -> str:
 
 def gamma_at(state: TrunkState, level: float) -> float:
     return linear_gamma(float(level), *state.gamma_range)
-
-
-# -- anchors ----------------------------------------------------------------------------------------
-
-def anchor_index(direction: str, eta: float, grid: int) -> int:
-    """k of the anchor k/grid where a merge switching at `eta` leaves the trunk: the nearest grid level at or
-    above eta going down (sampling), at or below it going up (NLL); k/grid is compared as the float it is."""
-    k = math.ceil(eta * grid - 1e-9) if direction == "down" else math.floor(eta * grid + 1e-9)
-    if direction == "down" and k / grid < eta:
-        k += 1
-    if direction == "up" and k / grid > eta:
-        k -= 1
-    return min(max(k, 0), grid)
-
-
-def trunk_end(direction: str, grid: int) -> int:
-    """The grid index where a trunk starts: the prior at the top (sampling) or the data at the bottom (NLL)."""
-    return grid if direction == "down" else 0
-
-
-def parent_index(direction: str, k: int) -> int:
-    """The anchor a trunk segment ending at k starts from."""
-    return k + 1 if direction == "down" else k - 1
 
 
 # -- the three paths --------------------------------------------------------------------------------
@@ -275,10 +275,10 @@ def sweep(path: str, merges: dict, grid: int, seeds, shape, options: dict, image
         batch_images = None if images is None else images[rows]
         states = {trunk_end(direction, grid): start(path, trunk_merge, seeds[rows], shape, options, batch_images,
                                                     device)}
-        k = trunk_end(direction, grid)
-        while k != last:
-            k += -1 if direction == "down" else 1  # one anchor further along
-            states[k] = advance(states[parent_index(direction, k)], trunk_merge, k / grid, device)
+        k, step = trunk_end(direction, grid), -1 if direction == "down" else 1
+        while k != last:  # one anchor further along at a time
+            states[k + step] = advance(states[k], trunk_merge, (k + step) / grid, device)
+            k += step
         evaluations += float(states[last].nfe.sum())
         for label, (_, merged) in merges.items():
             state = states[anchors[label]]

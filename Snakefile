@@ -30,10 +30,12 @@ wildcard_constraints:
     runs=r"run\d+|runs\d+-\d+",  # a VLB job: one run, or runs first..last
     expert=r"[a-z][a-z0-9_-]*",
     eta=r"[a-z0-9_.-]+",
+    level=r"[0-9][0-9.e-]*",  # a trunk anchor k/grid as Python prints it
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/experts.smk"
+include: "workflow/rules/trunks.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/fid.smk"
 include: "workflow/rules/likelihood.smk"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from . import paths
+from . import paths, sharing
 from .downloads import UNPINNED
 from .samplers import parse_result
 from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, numeric_etas,
@@ -146,7 +146,12 @@ def reference_statistics_arguments(config: dict, experiment: str, splits: str) -
 def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str, shard) -> str:
     """Images start:stop of the shard (image i uses seed i), their FID features stored with them; the sampler's
     options from its section sampling.<name> (`expertmerge.samplers`), the one its result name fixes (Heun's
-    step count) from the name."""
+    step count) from the name; a merge that leaves the sweep's shared trunk starts from its anchor's state."""
+    return " ".join([sample_arguments(config, experiment, sampler, eta, shard), feature_network(config, experiment),
+                     options(start_state=trunk_start(config, experiment, sampler, eta, shard))])
+
+
+def sample_arguments(config: dict, experiment: str, sampler: str, eta: str, shard) -> str:
     sampling = config["experiments"][experiment]["sampling"]
     start, stop = shard_ranges(sampling["num_samples"], sampling["shard_size"])[int(shard)]
     declared, fixed = parse_result(sampler)
@@ -156,8 +161,31 @@ def sample_shard_arguments(config: dict, experiment: str, sampler: str, eta: str
                                                           else options(**{option.name: value})
                                                           for option, value in zip(declared.options, values.values()))])
     return " ".join([expert_pair(config, experiment), eta_options(experiment, eta), solver,
-                     options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"]),
-                     feature_network(config, experiment)])
+                     options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"])])
+
+
+def trunk_start(config: dict, experiment: str, path: str, eta: str, shard) -> str | None:
+    """The trunk state a merge's job for `path` (a sampler's result name, or "nll") starts from, or None."""
+    anchor = sharing.tail_anchor(config["experiments"][experiment], path, eta)
+    if anchor is None:
+        return None
+    _, grid = sharing.share_settings(config["experiments"][experiment], path)
+    return sharing.trunk_state_path(experiment, path, anchor, grid, shard)
+
+
+# The merge whose trunk expert serves every anchor of a path: eta_min's top piece covers [gamma_eta_min, gamma_1]
+# for sampling, eta_max's bottom piece [gamma_0, gamma_eta_max] for the NLL, and anchors lie between.
+TRUNK_MERGE = {"down": "eta_min", "up": "eta_max"}
+
+
+def trunk_segment_arguments(config: dict, experiment: str, path: str, level: str, shard, splits: str) -> str:
+    """One segment of a path's shared trunk: from the previous anchor's state (or the prior / the data) to `level`."""
+    spec = config["experiments"][experiment]
+    eta = TRUNK_MERGE[sharing.DIRECTIONS[path]]
+    measure = (nll_arguments(config, experiment, eta, shard, splits) if path == "nll"
+               else sample_arguments(config, experiment, path, eta, shard))
+    return " ".join([measure, options(until_level=level, start_state=sharing.previous_trunk_state(
+        spec, experiment, path, level, shard))])
 
 
 def switch(flag: str, on: bool) -> str:
@@ -165,13 +193,19 @@ def switch(flag: str, on: bool) -> str:
     return flag if on else "--no-" + flag[2:]
 
 
-def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: str) -> str:
+def nll_arguments(config: dict, experiment: str, eta: str, shard, splits: str) -> str:
     nll = config["experiments"][experiment]["nll"]
     return " ".join([expert_pair(config, experiment),
                      eta_options(experiment, eta, data=splits, split="test", shard=shard, shards=nll["shards"],
                                  images=nll.get("images"), rtol=nll["rtol"], atol=nll["atol"],
                                  dequantization=nll["dequantization"], error_norm=nll.get("error_norm", "batch-rms"),
                                  batch_size=nll["batch_size"])])
+
+
+def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: str) -> str:
+    """An eta's NLL shard; a merge that leaves the sweep's shared trunk starts from its anchor's state."""
+    return " ".join([nll_arguments(config, experiment, eta, shard, splits),
+                     options(start_state=trunk_start(config, experiment, "nll", eta, shard))])
 
 
 def vlb_run_arguments(config: dict, experiment: str, eta: str, runs: str, splits: str) -> str:

@@ -9,6 +9,7 @@ rule nll_shard:
     input:
         experts=expert_files,
         splits=rules.dataset.output.splits,
+        trunk=lambda w: trunk_start_files(w, "nll"),
     output:
         paths.NLL_SHARD,
     params:

@@ -9,6 +9,7 @@ rule sample_shard:
     input:
         experts=expert_files,
         features=feature_network_files,
+        trunk=lambda w: trunk_start_files(w, w.sampler),
     output:
         paths.SAMPLE_SHARD,
     params:

@@ -1,0 +1,60 @@
+# Stage 3a: an eta sweep's shared trunks (expertmerge.trunks). Every merge samples with the quality expert down
+# to its switch and integrates its NLL with the likelihood expert up to it, so each (path, shard) runs that
+# part once, one job per anchor k/grid of the merged clock, each from the previous anchor's state; a merge's
+# sample or NLL job then runs only its own tail from the anchor at its switch. The anchors do not depend on
+# the configured etas: adding one plans its tail and at most the segments down (up) to its anchor. The
+# states are temporary (`snakemake --notemp` keeps them, so that an eta added later finds its anchor).
+
+from expertmerge import paths, sharing
+
+
+def previous_trunk_files(wildcards, path):
+    """The state a trunk segment starts from (none for the first, which starts from the prior or the data)."""
+    previous = sharing.previous_trunk_state(experiment(wildcards), wildcards.experiment, path, wildcards.level,
+                                            wildcards.shard)
+    return [] if previous is None else [previous]
+
+
+def trunk_start_files(wildcards, path):
+    """The trunk state a merge's sample or NLL shard starts from (none when it runs on its own)."""
+    start = rule_arguments.trunk_start(config, wildcards.experiment, path, wildcards.eta, wildcards.shard)
+    return [] if start is None else [start]
+
+
+rule trunk_samples:
+    input:
+        experts=both_expert_files,
+        previous=lambda w: previous_trunk_files(w, w.path),
+    output:
+        temp(paths.TRUNK_STATE),
+    wildcard_constraints:
+        path="|".join(path for path in sharing.DIRECTIONS if path != "nll"),
+    params:
+        arguments=lambda w: rule_arguments.trunk_segment_arguments(config, w.experiment, w.path, w.level, w.shard,
+                                                                   splits_file(w)),
+    threads: 1
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        paths.log("trunks/{path}/level{level}/shard{shard}"),
+    shell:
+        "expertmerge sample {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule trunk_nll:
+    input:
+        experts=both_expert_files,
+        previous=lambda w: previous_trunk_files(w, "nll"),
+        splits=rules.dataset.output.splits,
+    output:
+        temp(paths.fill(paths.TRUNK_STATE, path="nll")),
+    params:
+        arguments=lambda w: rule_arguments.trunk_segment_arguments(config, w.experiment, "nll", w.level, w.shard,
+                                                                   splits_file(w)),
+    threads: 1
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        paths.log("trunks/nll/level{level}/shard{shard}"),
+    shell:
+        "expertmerge nll {params.arguments} --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -225,13 +225,17 @@ PAPER_JOBS = {
                                 # and auto) x 10 shards of 5000
     "nll_shard": 780,           # 13 etas x (CIFAR-10: 10, ImageNet32: 50) shards of 1000 test images
     "vlb_run": 260,             # 2 x 13 etas x 10 runs
+    "trunk_samples": 360,       # the shared trunks: 2 data sets x (ODE, ancestral) x 10 shards x 9 anchors (0.9 down
+                                # to 0.1, eta_min's)
+    "trunk_nll": 480,           # (10 + 50) test shards x 8 anchors (0.1 up to 0.8, eta_max's)
     "fid": 130, "table1": 2, "table2": 2, "table4": 2, "summary": 2,
     "figure_tradeoff": 2, "figure_fixed_noise": 2, "figure_samples": 4, "figure_fid_vs_nfe": 2,
     "paper_table": 3, "literature_table": 2, "paper": 1,
     "loss_profile_shard": 20,   # eta auto's input: 2 x 10 shards of the 10,000 selection images (train)
     "loss_profile": 2, "auto_switch": 2, "predict_vlb": 2, "figure_loss_profile": 2, "figure_predicted_vlb": 2,
 }
-GPU_RULES = {"reference_statistics", "train_recipe", "train_recipe_chunk", "sample_shard", "nll_shard", "vlb_run", "loss_profile_shard"}
+GPU_RULES = {"reference_statistics", "train_recipe", "train_recipe_chunk", "sample_shard", "nll_shard", "vlb_run",
+             "loss_profile_shard", "trunk_samples", "trunk_nll"}
 
 
 def dry_run_jobs(workdir, *args, cwd=None):

@@ -30,6 +30,8 @@ def reduced_config():
     digits["vlb"].update(runs=2, runs_per_job=1)  # one job per run; grouped: test_grouped_vlb_runs_give_the_same_table
     digits["loss_profile"].update(points=23, batch_size=90, shards=2)
     digits["figures"].update(fixed_noise_rows=2, grid_samples=16, fid_vs_nfe=["edm", "eta_min", "vdm"])
+    digits["sampling"]["share_grid"] = digits["nll"]["share_grid"] = 4  # trunk anchors 0.25, 0.5, 0.75: few jobs
+    config["keep_trunk_states"] = True  # so that an added eta finds its anchors (test_an_added_eta_...)
     return config
 
 
@@ -104,7 +106,8 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
     config = reduced_config()
     config["experiments"]["digits"]["nll"]["rtol"] = 2e-3
     write_config(workdir, config)
-    assert planned_jobs(workdir) == {"nll_shard": 12, "table1": 1, "figure_tradeoff": 1, "summary": 1, "all": 1}
+    assert planned_jobs(workdir) == {"trunk_nll": 6, "nll_shard": 12, "table1": 1, "figure_tradeoff": 1, "summary": 1,
+                                     "all": 1}
     config = reduced_config()
     config["experiments"]["digits"]["etas"][2] = 0.6  # one eta changed: its jobs and the aggregates
     write_config(workdir, config)
@@ -113,6 +116,42 @@ def test_changed_tolerance_reruns_only_downstream_nodes(finished_run, tmp_path):
                     "figure_tradeoff": 1, "figure_fixed_noise": 1, "figure_samples": 2, "figure_fid_vs_nfe": 1,
                     "figure_loss_profile": 1, "predict_vlb": 1, "figure_predicted_vlb": 1, "summary": 1,
                     "all": 1}  # the profile does not depend on them
+
+
+def test_an_added_eta_plans_only_its_own_jobs_and_the_aggregates(finished_run, tmp_path):
+    """Issue 23: a merge's sample and NLL jobs start from the shared trunk's state at a fixed anchor (here every
+    1/4 of the clock), so an eta added between two others finds its anchors (kept) and plans its own tails, FID
+    and VLB and the aggregates; no trunk segment and no other eta's job is planned again."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    config = reduced_config()
+    config["experiments"]["digits"]["etas"].insert(2, 0.3)  # between eta_min and 0.5
+    write_config(workdir, config)
+    assert planned_jobs(workdir) == {"sample_shard": 6, "fid": 3, "nll_shard": 2, "vlb_run": 2, "table1": 1,
+                                     "table2": 1, "table4": 1, "figure_tradeoff": 1, "figure_fixed_noise": 1,
+                                     "figure_samples": 2, "figure_fid_vs_nfe": 1, "figure_loss_profile": 1,
+                                     "predict_vlb": 1, "figure_predicted_vlb": 1, "summary": 1, "all": 1}
+    trunks = workdir / "results" / "digits" / "trunks"
+    assert sorted(p.parent.name for p in (trunks / "ancestral").glob("*/shard0.npz")) == ["level0.25", "level0.5",
+                                                                                           "level0.75"]
+
+
+def test_shared_ancestral_samples_are_those_of_an_independent_run(finished_run, tmp_path):
+    """The pipeline's 0.5 ancestral shards (a tail from the anchor 0.5) against `expertmerge sample` run from the
+    prior: the same images, bit for bit."""
+    from expertmerge import rule_arguments
+
+    config = reduced_config()  # the fixture's
+    shard = finished_run / "results" / "digits" / "samples" / "ancestral" / "0.5" / "shard1.npz"
+    assert "--start-state" in rule_arguments.sample_shard_arguments(config, "digits", "ancestral", "0.5", 1)
+    arguments = " ".join([rule_arguments.sample_arguments(config, "digits", "ancestral", "0.5", 1),
+                          rule_arguments.feature_network(config, "digits")])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(f"expertmerge sample {arguments} --out {tmp_path / 'alone.npz'}", shell=True, check=True,
+                   cwd=finished_run, env=env, capture_output=True)
+    shared, alone = np.load(shard), np.load(tmp_path / "alone.npz")
+    assert np.array_equal(shared["images"], alone["images"]) and np.array_equal(shared["nfe"], alone["nfe"])
+    assert '"trunk_level": 0.5' in str(shared["record"]) and "trunk_level" not in str(alone["record"])
 
 
 def test_grouped_vlb_runs_give_the_same_table(finished_run, tmp_path):

@@ -15,6 +15,13 @@ TFLOP/s, roughly an A100 in TF32; measure yours and pass it). Work per eta:
   loss profile       selection images x grid points x 2 experts x 1 forward (once per data set; eta auto's input)
 (Not counted: training, and the Inception features, ~11 GFLOPs per image, about 0.3 GPU-h per eta.)
 A merged eta is charged at the larger of its two experts' forward costs (an upper bound).
+
+With shared trunks (sampling.share, nll.share; expertmerge.trunks), the last lines give the sweep's total as
+the pipeline runs it: the trunk once (the quality expert from the prior down to the lowest anchor, the
+likelihood expert from the data up to the highest, anchors every 1/10 of the clock), and each merge (not
+"auto", whose switch a job chooses) from its anchor. Ancestral steps are counted exactly; for the adaptive
+solvers the NFE of a merge is ASSUMED spread evenly over its clock (benchmarks/bench_sweep.py measures the
+demo's ratios instead).
 """
 import argparse
 
@@ -22,6 +29,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench_networks import NETWORKS  # benchmarks/bench_networks.py
+from expertmerge.noise import feasible_etas
+from expertmerge.sharing import anchor_index
 
 ETAS = ["EDM", "ηmin", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "ηmax", "VDM"]
 PAPER_NFE = {  # the paper's Table 1 (NLL) and Table 2 (ODE sampling) NFE per eta
@@ -37,6 +46,20 @@ WORK = {"CIFAR-10": dict(samples=50_000, nll_images=10_000, vlb_images=10_000, r
 ANCESTRAL_STEPS = 256
 HEUN_NFE = sum(2 * steps - 1 for steps in (5, 9, 18))  # config.yaml's sampling.heun, the split schedule
 PROFILE = dict(images=10_000, points=91)  # config.yaml's loss_profile: 10k training images, 89 points + range ends
+GRID = 10  # config.yaml's sampling.share_grid and nll.share_grid (the default)
+ETA_MIN, ETA_MAX = feasible_etas([(-13.3, 5.0), (-12.43, 8.764)])[0]  # VDM's and EDM's ranges (Eq. 15)
+SWITCHES = [ETA_MIN, *(k / 10 for k in range(1, 9)), ETA_MAX]  # the merged etas of ETAS, in order
+
+
+def shared_fraction(kind: str, nfe: list) -> float:
+    """The sweep's merged-eta work with shared trunks over its work without, for the path `kind` (ode,
+    ancestral or nll), each merge's evaluations spread evenly over its clock (exact for ancestral steps)."""
+    merges = nfe[1:-1]  # the merged etas' NFE (ancestral: 256 each)
+    down = kind != "nll"
+    anchors = [anchor_index("down" if down else "up", eta, GRID) / GRID for eta in SWITCHES]
+    trunk_length = 1 - min(anchors) if down else max(anchors)
+    tails = [count * (anchor if down else 1 - anchor) for count, anchor in zip(merges, anchors)]
+    return (trunk_length * sum(merges) / len(merges) + sum(tails)) / sum(merges)
 
 
 def forward_flops(name: str) -> float:
@@ -62,7 +85,7 @@ def main():
         edm, vdm = (flops[name] for name in EXPERTS[dataset])
         work = WORK[dataset]
         print(f"\n{dataset}\n{'eta':>6} {'ODE':>7} {'ancestral':>9} {'Heun':>6} {'NLL':>7} {'VLB':>6} {'total':>7}")
-        totals = 0.0
+        totals, merged_work = 0.0, {}
         merged = range(1, len(ETAS) - 1)
         auto = {kind: max(nfe[kind][i] for i in merged) for kind in ("ode", "nll")}  # an upper bound for eta auto
         for i, eta in enumerate([*ETAS, "auto"]):
@@ -81,10 +104,18 @@ def main():
             print(f"{eta:>6} {hours['ode']:7.2f} {hours['ancestral']:9.2f} {hours['heun']:6.2f} {hours['nll']:7.2f} "
                   f"{hours['vlb']:6.2f} "
                   f"{total:7.2f}")
+            if eta not in ("EDM", "VDM", "auto"):
+                for kind in ("ode", "ancestral", "nll"):
+                    merged_work[kind] = merged_work.get(kind, 0.0) + hours[kind]
         profile = PROFILE["images"] * PROFILE["points"] * (edm + vdm) * seconds_per_flop / 3600
         totals += profile
         print(f"{'L(γ)':>6} {'':7} {'':9} {'':6} {'':7} {'':6} {profile:7.2f}   (loss profile, once)")
-        print(f"{'all':>6} {'':7} {'':9} {'':6} {'':7} {'':6} {totals:7.1f}")
+        print(f"{'all':>6} {'':7} {'':9} {'':6} {'':7} {'':6} {totals:7.1f}   (independent runs: share off)")
+        nfe_of = {"ode": nfe["ode"], "nll": nfe["nll"], "ancestral": [ANCESTRAL_STEPS] * len(ETAS)}
+        saved = {kind: work_hours * (1 - shared_fraction(kind, nfe_of[kind])) for kind, work_hours in merged_work.items()}
+        print(f"{'shared':>6} {-saved['ode']:7.2f} {-saved['ancestral']:9.2f} {'':6} {-saved['nll']:7.2f} {'':6} "
+              f"{totals - sum(saved.values()):7.1f}   (trunks shared: the pipeline's default; "
+              f"{(totals - sum(saved.values())) / totals:.2f} x)")
 
 
 if __name__ == "__main__":

@@ -160,3 +160,58 @@ def test_a_sharded_profile_chooses_eta_auto_which_every_measurement_runs(tiny, t
     result = run(*sample_args(tiny, tmp_path / "none.npz", eta="auto"))
     assert result.returncode != 0 and "needs --switches" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "none.npz").exists()
+
+
+def replaced(args, **changes):
+    args = list(args)
+    for flag, value in changes.items():
+        flag = "--" + flag.replace("_", "-")
+        if value is None:
+            index = args.index(flag)
+            del args[index:index + 2]
+        elif flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args[-2:-2] = [flag, value]
+    return args
+
+
+def test_a_tail_from_cli_trunk_segments_is_the_independent_run(tiny, tmp_path):
+    """Issue 23 through the commands: two trunk segments (sample --until-level, eta_min's merge), then eta 0.3's
+    tail (--start-state) give the images and NFE of `sample` run from the prior; NLL likewise within tolerance."""
+    trunk = sample_args(tiny, tmp_path / "s0.8.npz", eta="eta_min")
+    assert run(*replaced(trunk, features=None, until_level=0.8)).returncode == 0
+    second = replaced(trunk, features=None, until_level=0.4, start_state=tmp_path / "s0.8.npz", out=tmp_path / "s0.4.npz")
+    assert run(*second).returncode == 0
+    tail = replaced(sample_args(tiny, tmp_path / "tail.npz", eta="0.3"), start_state=tmp_path / "s0.4.npz")
+    assert run(*tail).returncode == 0, run(*tail).stderr
+    assert run(*sample_args(tiny, tmp_path / "alone.npz", eta="0.3")).returncode == 0
+    shared, alone = np.load(tmp_path / "tail.npz"), np.load(tmp_path / "alone.npz")
+    assert np.array_equal(shared["images"], alone["images"]) and np.array_equal(shared["nfe"], alone["nfe"])
+    nll = ["nll", "--quality", tiny / "edm", "--likelihood", tiny / "vdm", "--data", tiny / "splits.npz", "--images", 6,
+           "--rtol", 1e-4, "--atol", 1e-4, "--eta", "eta_max", "--out", tmp_path / "n0.5.npz"]
+    assert run(*replaced(nll, until_level=0.5)).returncode == 0
+    for out, extra in (("tail.csv", {"start_state": tmp_path / "n0.5.npz"}), ("alone.csv", {})):
+        assert run(*replaced(nll, eta="0.6", out=tmp_path / out, **extra)).returncode == 0
+    shared, alone = (pd.read_csv(tmp_path / name) for name in ("tail.csv", "alone.csv"))
+    assert (shared["bpd"] - alone["bpd"]).abs().max() < 0.05 and shared["trunk_level"].eq(0.5).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sampler": "heun", "steps": 5}, "the heun path shares no trunk"),
+    ({"steps": 17}, r"does not continue this run: it has options"),
+    ({"seeds": "0:4"}, r"does not continue this run: it has seeds '0:8' where this run has '0:4'"),
+    ({"eta": "edm"}, "runs on the merged clock .* not one sweep"),  # a baseline, on its own range
+])
+def test_a_tail_that_does_not_continue_its_trunk_state_is_refused(tiny, tmp_path, change, message):
+    trunk = replaced(sample_args(tiny, tmp_path / "state.npz", eta="eta_min"), features=None, until_level=0.5)
+    assert run(*trunk).returncode == 0
+    tail = replaced(sample_args(tiny, tmp_path / "tail.npz", eta="0.3"), start_state=tmp_path / "state.npz", **change)
+    result = run(*tail)
+    assert result.returncode != 0 and re.search(message, result.stderr), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "tail.npz").exists()
+
+
+def test_sample_without_features_says_what_it_needs(tiny, tmp_path):
+    result = run(*replaced(sample_args(tiny, tmp_path / "shard.npz"), features=None))
+    assert result.returncode != 0 and "sample needs --features" in result.stderr, result.stderr

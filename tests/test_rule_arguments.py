@@ -209,6 +209,46 @@ def test_nll_shard(name):
 
 
 @pytest.mark.parametrize("name", ANALYSED)
+def test_merges_start_from_the_shared_trunk_and_baselines_and_auto_do_not(name):
+    """eta 0.3 leaves the sampling trunk at the anchor 0.3 and the NLL trunk at 0.3 (share_grid 10); eta_min's
+    sampling anchor is 0.1, its NLL anchor the data (it runs on its own); baselines, auto and Heun share nothing."""
+    for sampler, eta, expected in (("ancestral", "0.3", "level0.3"), ("ode", "eta_min", "level0.1"),
+                                   ("ancestral", "auto", None), ("ode", expert_names(CONFIG["experiments"][name])[
+                                       "quality"], None), ("heun18", "0.3", None)):
+        args = parse("sample", rule_arguments.sample_shard_arguments(CONFIG, name, sampler, eta, "0"))
+        assert (args.start_state == f"results/{name}/trunks/{sampler}/{expected}/shard0.npz") if expected else (
+            args.start_state is None), (sampler, eta, args.start_state)
+    for eta, expected in (("0.3", "level0.3"), ("eta_max", "level0.8"), ("eta_min", None)):
+        args = parse("nll", rule_arguments.nll_shard_arguments(CONFIG, name, eta, "0", SPLITS))
+        assert args.start_state == (expected and f"results/{name}/trunks/nll/{expected}/shard0.npz"), eta
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_trunk_segments_chain_anchor_to_anchor(name):
+    """A sampling segment runs eta_min's merge (its quality piece serves every anchor) from the anchor above;
+    an NLL segment eta_max's merge from the anchor below; the first starts from the prior or the data."""
+    args = parse("sample", rule_arguments.trunk_segment_arguments(CONFIG, name, "ode", "0.5", "0", SPLITS))
+    assert (args.eta, args.sampler, args.until_level, args.features) == ("eta_min", "ode", 0.5, None)
+    assert args.start_state == f"results/{name}/trunks/ode/level0.6/shard0.npz"
+    assert parse("sample", rule_arguments.trunk_segment_arguments(CONFIG, name, "ancestral", "0.9", "0",
+                                                                  SPLITS)).start_state is None
+    args = parse("nll", rule_arguments.trunk_segment_arguments(CONFIG, name, "nll", "0.5", "0", SPLITS))
+    assert (args.eta, args.until_level, args.start_state) == ("eta_max", 0.5, f"results/{name}/trunks/nll/level0.4/shard0.npz")
+    assert parse("nll", rule_arguments.trunk_segment_arguments(CONFIG, name, "nll", "0.1", "0",
+                                                               SPLITS)).start_state is None
+    with pytest.raises(ValueError, match="not an anchor"):
+        rule_arguments.trunk_segment_arguments(CONFIG, name, "nll", "0.35", "0", SPLITS)
+
+
+def test_sharing_off_runs_every_eta_on_its_own():
+    config = copy.deepcopy(CONFIG)
+    name = ANALYSED[0]
+    config["experiments"][name]["sampling"]["share"] = config["experiments"][name]["nll"]["share"] = False
+    assert "--start-state" not in rule_arguments.sample_shard_arguments(config, name, "ancestral", "0.3", "0")
+    assert "--start-state" not in rule_arguments.nll_shard_arguments(config, name, "0.3", "0", SPLITS)
+
+
+@pytest.mark.parametrize("name", ANALYSED)
 def test_vlb_run(name):
     for runs in vlb_job_runs(CONFIG["experiments"][name]):
         args = parse("vlb", rule_arguments.vlb_run_arguments(CONFIG, name, "vdm", vlb_job_name(runs), SPLITS))

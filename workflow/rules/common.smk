@@ -3,7 +3,7 @@
 import os
 import re
 
-from expertmerge import paths, rule_arguments
+from expertmerge import paths, rule_arguments, sharing
 from expertmerge.configuration import check_config
 from expertmerge.samplers import experiment_results, paper_samplers
 from expertmerge.table_registry import RESULT_FILES, experiment_tables, get_table, numbers_pattern, paper_numbers
@@ -253,3 +253,22 @@ def literature_table_files(wildcards):
     """{"<kind>_<experiment>": result files}, the names that rule_arguments.literature_table_arguments reads."""
     return {f"{kind}_{name}": result_files(kind, name) for name in config["paper"]
             for kind in get_table(wildcards.number).reads}
+
+
+# -- the shared trunks of an eta sweep (trunks.smk) --
+
+def trunk_output(pattern):
+    return pattern if config.get("keep_trunk_states", False) else temp(pattern)
+
+
+def previous_trunk_files(wildcards, path):
+    """The state a trunk segment starts from (none for the first, which starts from the prior or the data)."""
+    previous = sharing.previous_trunk_state(experiment(wildcards), wildcards.experiment, path, wildcards.level,
+                                            wildcards.shard)
+    return [] if previous is None else [previous]
+
+
+def trunk_start_files(wildcards, path):
+    """The trunk state a merge's sample or NLL shard starts from (none when it runs on its own)."""
+    start = rule_arguments.trunk_start(config, wildcards.experiment, path, wildcards.eta, wildcards.shard)
+    return [] if start is None else [start]

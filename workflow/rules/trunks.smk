@@ -10,23 +10,6 @@
 from expertmerge import paths, sharing
 
 
-def trunk_output(pattern):
-    return pattern if config.get("keep_trunk_states", False) else temp(pattern)
-
-
-def previous_trunk_files(wildcards, path):
-    """The state a trunk segment starts from (none for the first, which starts from the prior or the data)."""
-    previous = sharing.previous_trunk_state(experiment(wildcards), wildcards.experiment, path, wildcards.level,
-                                            wildcards.shard)
-    return [] if previous is None else [previous]
-
-
-def trunk_start_files(wildcards, path):
-    """The trunk state a merge's sample or NLL shard starts from (none when it runs on its own)."""
-    start = rule_arguments.trunk_start(config, wildcards.experiment, path, wildcards.eta, wildcards.shard)
-    return [] if start is None else [start]
-
-
 rule trunk_samples:
     input:
         experts=both_expert_files,

@@ -25,7 +25,7 @@ import torch
 from .experts.base import check_expert, raise_if_not_finite
 from .images import check_images, from_uint8
 from .noise import gamma_to_noise_level, linear_gamma, vp_alpha_sigma
-from .sampling import check_tolerances, odeint, solver_norm, vp_velocity
+from .sampling import check_tolerances, solve, solver_norm, vp_velocity
 from .seeding import per_image_draw, per_image_generators, run_seeds
 
 DEQUANTIZATIONS = ("tn", "uniform")
@@ -174,7 +174,7 @@ def ode_log_density(expert, x0: torch.Tensor, probe: torch.Tensor, *, rtol: floa
     alpha0 = vp_alpha_sigma(gamma_min)[0]
     state = torch.cat([alpha0 * x0.double().flatten(1), torch.zeros(x0.shape[0], 1, dtype=torch.float64,
                                                                      device=x0.device)], 1)
-    final, calls = nll_segment(expert, state, x0.shape[1:], gamma_min, gamma_max, probe, rtol=rtol, atol=atol,
+    final, calls, _ = nll_segment(expert, state, x0.shape[1:], gamma_min, gamma_max, probe, rtol=rtol, atol=atol,
                                error_norm=error_norm, indices=indices)
     return log_density_at_data(final, gamma_min), calls
 
@@ -188,10 +188,11 @@ def log_density_at_data(final: torch.Tensor, gamma_min: float) -> torch.Tensor:
 
 def nll_segment(expert, state: torch.Tensor, shape, gamma_from: float, gamma_to: float, probe: torch.Tensor, *,
                 rtol: float, atol: float, error_norm: str = "batch-rms",
-                indices: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+                indices: Sequence[int] | None = None, first_step: float | None = None) -> tuple[torch.Tensor, int, float | None]:
     """The augmented state [z, L] (float64 [N, dim + 1], dL/dgamma = div f) carried from gamma_from up to gamma_to
-    with dopri5; (state, function evaluations). The last step is cut to end on gamma_to, so the expert is never
-    asked beyond it; only the trial evaluation of dopri5's initial-step heuristic may land past it, and is clamped."""
+    with dopri5; (state, function evaluations, the solver's last full step: `sampling.solve`). The last step is cut
+    to end on gamma_to, so the expert is never asked beyond it; only the trial evaluation of dopri5's initial-step
+    heuristic may land past it, and is clamped."""
     n, dim, norm, calls = state.shape[0], state.shape[1] - 1, solver_norm(error_norm), 0
 
     def augmented(gamma, state):
@@ -202,11 +203,10 @@ def nll_segment(expert, state: torch.Tensor, shape, gamma_from: float, gamma_to:
                                                           indices)
         return torch.cat([velocity.flatten(1), divergence[:, None]], dim=1)
 
-    gammas = torch.tensor([gamma_from, gamma_to], dtype=torch.float64, device=state.device)
     with torch.no_grad():
-        final = odeint(augmented, state, gammas, method="dopri5", rtol=rtol, atol=atol,
-                       options=dict(norm=norm, step_t=gammas[1:]))[-1]
-    return final, calls
+        final, last_step = solve(augmented, state, gamma_from, gamma_to, rtol=rtol, atol=atol, norm=norm,
+                                 first_step=first_step)
+    return final, calls, last_step
 
 
 def nll_draws(images: torch.Tensor, seeds: Sequence[int], s0: float, dequantization: str, device):

@@ -121,8 +121,9 @@ def check_tolerances(rtol, atol) -> None:
 
 
 def ode_segment(expert, z: torch.Tensor, gamma_from: float, gamma_to: float, seeds, *, rtol: float, atol: float,
-                norm) -> tuple[torch.Tensor, int]:
-    """The VP PF-ODE state z carried from gamma_from to gamma_to with dopri5; (z, function evaluations)."""
+                norm, first_step: float | None = None) -> tuple[torch.Tensor, int, float | None]:
+    """The VP PF-ODE state z carried from gamma_from to gamma_to with dopri5: (z, function evaluations, the
+    solver's last full step, to start the next segment with)."""
     low, high, calls = min(gamma_from, gamma_to), max(gamma_from, gamma_to), 0
 
     def velocity(gamma, z):
@@ -132,10 +133,21 @@ def ode_segment(expert, z: torch.Tensor, gamma_from: float, gamma_to: float, see
         alpha, _ = vp_alpha_sigma(gamma)
         return vp_velocity(_denoised(expert, z / alpha, gamma_to_noise_level(gamma), seeds), z, alpha)
 
-    gammas = torch.tensor([gamma_from, gamma_to], dtype=torch.float64)
-    # step_t makes the last step end on gamma_to instead of stepping past it and interpolating back.
-    path = odeint(velocity, z, gammas, method="dopri5", rtol=rtol, atol=atol, options=dict(norm=norm, step_t=gammas[1:]))
-    return path[-1], calls
+    z, last_step = solve(velocity, z, gamma_from, gamma_to, rtol=rtol, atol=atol, norm=norm, first_step=first_step)
+    return z, calls, last_step
+
+
+def solve(function, state: torch.Tensor, t_from: float, t_to: float, *, rtol: float, atol: float, norm,
+          first_step: float | None = None) -> tuple[torch.Tensor, float | None]:
+    """dopri5 from t_from to t_to, its last step cut to end on t_to (not stepped past and interpolated back).
+    Returns the final state and the size of its last full accepted step: a solve continued from here with it
+    as `first_step` spends no evaluations on choosing and growing a first step again (None: dopri5's heuristic)."""
+    accepted = []
+    function.callback_accept_step = lambda t0, y0, dt: accepted.append(abs(float(dt)))
+    times = torch.tensor([t_from, t_to], dtype=torch.float64, device=state.device)
+    options = dict(norm=norm, step_t=times[1:], **({} if first_step is None else {"first_step": first_step}))
+    final = odeint(function, state, times, method="dopri5", rtol=rtol, atol=atol, options=options)[-1]
+    return final, (accepted[-2] if len(accepted) > 1 else accepted[-1] if accepted else None)  # [-1] is cut to t_to
 
 
 def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, batch_size: int = 64,
@@ -146,8 +158,8 @@ def sample_ode(expert, seeds, shape, *, rtol: float = 1e-5, atol: float = 1e-5, 
 
     def batch(expert, seeds, generators, shape, device):
         gamma_min, gamma_max = float(expert.gamma_min), float(expert.gamma_max)
-        z, calls = ode_segment(expert, _normal(generators, shape, device), gamma_max, gamma_min, seeds,
-                               rtol=rtol, atol=atol, norm=norm)
+        z, calls, _ = ode_segment(expert, _normal(generators, shape, device), gamma_max, gamma_min, seeds,
+                                  rtol=rtol, atol=atol, norm=norm)
         return z / vp_alpha_sigma(gamma_min)[0], calls
 
     return _in_batches(batch, expert, seeds, shape, batch_size, device)

@@ -52,18 +52,28 @@ class TrunkState:
     options: dict              # the path's settings; a tail must use the same
     next_step: int = 0         # ancestral: the index of the next step (steps, ..., 1); 0 when done
     generators: torch.Tensor | None = None  # ancestral: each image's generator state, uint8 [N, S]
+    solver_steps: torch.Tensor | None = None  # ode, nll: the last full step of the solve that held each image
 
     def rows(self, start: int, stop: int) -> "TrunkState":
+        cut = lambda tensor: None if tensor is None else tensor[start:stop]  # noqa: E731
         return replace(self, seeds=self.seeds[start:stop], state=self.state[start:stop], nfe=self.nfe[start:stop],
-                       generators=None if self.generators is None else self.generators[start:stop])
+                       generators=cut(self.generators), solver_steps=cut(self.solver_steps))
+
+    def first_step(self) -> float | None:
+        """The step a trunk segment continuing this state starts with: its batch's last full step (the smallest,
+        should its rows come from several batches), so it spends no evaluations on choosing and growing one again.
+        A tail starts with dopri5's own choice instead: a carried step would straddle the merge's switch, where
+        D jumps, and was measured to make the tail less accurate than an independent solve (tests/test_trunks.py)."""
+        return None if self.solver_steps is None else float(self.solver_steps.min())
 
 
 def concat(states: list) -> TrunkState:
     """Batches of one trunk state, each carried to the same level, as one state again."""
     first = states[0]
-    return replace(first, seeds=[s for state in states for s in state.seeds],
-                   state=torch.cat([state.state for state in states]), nfe=torch.cat([state.nfe for state in states]),
-                   generators=None if first.generators is None else torch.cat([state.generators for state in states]))
+    joined = lambda name: (None if getattr(first, name) is None  # noqa: E731
+                           else torch.cat([getattr(state, name) for state in states]))
+    return replace(first, seeds=[s for state in states for s in state.seeds], state=joined("state"), nfe=joined("nfe"),
+                   generators=joined("generators"), solver_steps=joined("solver_steps"))
 
 
 def check_continues(state: TrunkState, path: str, seeds, options: dict, where="the start state") -> None:
@@ -164,9 +174,10 @@ def advance(state: TrunkState, merged, level: float, device=None) -> TrunkState:
         return replace(state, expert=expert)
     x, calls, next_step = state.state.to(device), 0, state.next_step
     with torch.no_grad():
-        x, calls, next_step, generator_states = _segment(state, merged, x, level, g_from, g_to, device)
+        x, calls, next_step, generator_states, last_step = _segment(state, merged, x, level, g_from, g_to, device)
+    steps = None if last_step is None else torch.full((len(state.seeds),), last_step, dtype=torch.float64)
     return replace(state, level=level, expert=expert, state=x.cpu(), nfe=state.nfe + calls, next_step=next_step,
-                   generators=generator_states)
+                   generators=generator_states, solver_steps=steps)
 
 
 def _segment(state: TrunkState, merged, x: torch.Tensor, level: float, g_from: float, g_to: float, device):
@@ -175,14 +186,15 @@ def _segment(state: TrunkState, merged, x: torch.Tensor, level: float, g_from: f
         steps, generators, next_step = int(state.options["steps"]), _generators(state.generators), next_step_below(state, level)
         x = ancestral_steps(merged, x, generators, state.seeds, steps, state.next_step, next_step,
                             state.options["clip_denoised"], state.gamma_range)
-        return x, state.next_step - next_step, next_step, _states(generators)
+        return x, state.next_step - next_step, next_step, _states(generators), None
     if state.path == "ode":
         check_tolerances(state.options["rtol"], state.options["atol"])
-        x, calls = ode_segment(merged, x, g_from, g_to, state.seeds, rtol=state.options["rtol"],
-                               atol=state.options["atol"], norm=solver_norm(state.options["error_norm"]))
-        return x, calls, next_step, generator_states
-    x, calls = _nll_segment(state, merged, x, g_from, g_to, device)
-    return x, calls, next_step, generator_states
+        x, calls, last_step = ode_segment(merged, x, g_from, g_to, state.seeds, rtol=state.options["rtol"],
+                                          atol=state.options["atol"], norm=solver_norm(state.options["error_norm"]),
+                                          first_step=state.first_step())
+        return x, calls, next_step, generator_states, last_step
+    x, calls, last_step = _nll_segment(state, merged, x, g_from, g_to, device)
+    return x, calls, next_step, generator_states, last_step
 
 
 def next_step_below(state: TrunkState, level: float) -> int:
@@ -198,7 +210,7 @@ def _nll_segment(state: TrunkState, merged, z: torch.Tensor, g_from: float, g_to
     s0 = gamma_to_noise_level(state.gamma_range[0])
     probe = _probe(state, s0, device)
     return nll_segment(merged, z, state.shape, g_from, g_to, probe, rtol=state.options["rtol"],
-                       atol=state.options["atol"], error_norm=state.options["error_norm"])
+                       atol=state.options["atol"], error_norm=state.options["error_norm"], first_step=state.first_step())
 
 
 def _probe(state: TrunkState, s0: float, device) -> torch.Tensor:
@@ -230,9 +242,9 @@ def finish_samples(state: TrunkState, merged, device=None) -> SampleRecord:
                                 state.options["clip_denoised"], state.gamma_range)
             calls = state.next_step
         elif state.path == "ode":
-            z, calls = ode_segment(merged, x, gamma_at(state, state.level), state.gamma_range[0], state.seeds,
-                                   rtol=state.options["rtol"], atol=state.options["atol"],
-                                   norm=solver_norm(state.options["error_norm"]))
+            z, calls, _ = ode_segment(merged, x, gamma_at(state, state.level), state.gamma_range[0], state.seeds,
+                                      rtol=state.options["rtol"], atol=state.options["atol"],
+                                      norm=solver_norm(state.options["error_norm"]))  # see TrunkState.first_step
             x = z / vp_alpha_sigma(state.gamma_range[0])[0]
         else:
             raise ValueError(f"a {state.path} trunk state holds no samples")
@@ -249,9 +261,9 @@ def finish_nll(state: TrunkState, merged, images: torch.Tensor, device=None) -> 
     device = torch.device(device or "cpu")
     s0 = gamma_to_noise_level(state.gamma_range[0])
     _, log_q, probe = nll_draws(images, state.seeds, s0, state.options["dequantization"], device)
-    final, calls = nll_segment(merged, state.state.to(device), state.shape, gamma_at(state, state.level),
-                               state.gamma_range[1], probe, rtol=state.options["rtol"], atol=state.options["atol"],
-                               error_norm=state.options["error_norm"])
+    final, calls, _ = nll_segment(merged, state.state.to(device), state.shape, gamma_at(state, state.level),
+                                  state.gamma_range[1], probe, rtol=state.options["rtol"], atol=state.options["atol"],
+                                  error_norm=state.options["error_norm"])  # see TrunkState.first_step
     bpd = -(log_density_at_data(final, state.gamma_range[0]) - log_q) / (math.prod(state.shape) * math.log(2))
     return LikelihoodRecord(bpd=bpd.cpu(), nfe=state.nfe + calls)
 
@@ -300,6 +312,7 @@ _SPECS = {"state": ArraySpec("a float state [N, ...]", kinds="f", finite=True),
           "nfe": ArraySpec("integers [N]", ndims=(1,), kinds="iu"),
           "seeds": ArraySpec("integers [N]", ndims=(1,), kinds="iu"),
           "generators": ArraySpec("generator states uint8 [N, S]", ndims=(2,), kinds="u", itemsize=1),
+          "solver_steps": ArraySpec("finite step sizes [N]", ndims=(1,), kinds="f", finite=True),
           "record": ArraySpec("a JSON string", ndims=(0,), kinds="U")}
 _RECORD = ("path", "level", "gamma_range", "expert", "shape", "options", "next_step")
 
@@ -309,8 +322,9 @@ def save_trunk_state(path, state: TrunkState) -> None:
     record = {key: getattr(state, key) for key in _RECORD}
     arrays = dict(state=state.state.cpu().numpy(), nfe=state.nfe.numpy(), seeds=np.array(state.seeds, np.int64),
                   record=np.array(json.dumps(record)))
-    if state.generators is not None:
-        arrays["generators"] = state.generators.numpy()
+    for name in ("generators", "solver_steps"):
+        if getattr(state, name) is not None:
+            arrays[name] = getattr(state, name).numpy()
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
@@ -320,12 +334,16 @@ def load_trunk_state(path) -> TrunkState:
     record = json.loads(str(load_npz(path, ["record"], "a trunk state", _SPECS)["record"]))
     if not isinstance(record, dict) or set(record) != set(_RECORD) or record["path"] not in DIRECTIONS:
         raise ValueError(f"{path}: not a trunk state record (it must hold {', '.join(_RECORD)})")
-    names = ["state", "nfe", "seeds"] + (["generators"] if record["path"] == "ancestral" else [])
-    arrays = load_npz(path, names, "a trunk state", _SPECS)
+    arrays = load_npz(path, None, "a trunk state", _SPECS)  # generators (ancestral), solver_steps (ODEs) if held
+    missing = [name for name in ("state", "nfe", "seeds", *(["generators"] if record["path"] == "ancestral" else []))
+               if name not in arrays]
+    if missing:
+        raise ValueError(f"{path}: a {record['path']} trunk state must hold {', '.join(missing)}")
     if not len(arrays["state"]) == len(arrays["nfe"]) == len(arrays["seeds"]):
         raise ValueError(f"{path}: a trunk state's arrays must hold one row per image")
     return TrunkState(path=record["path"], level=float(record["level"]), gamma_range=tuple(record["gamma_range"]),
                       expert=record["expert"], seeds=arrays["seeds"].tolist(), state=torch.from_numpy(arrays["state"]),
                       nfe=torch.from_numpy(arrays["nfe"]).long(), shape=tuple(record["shape"]),
                       options=record["options"], next_step=int(record["next_step"]),
-                      generators=torch.from_numpy(arrays["generators"]) if "generators" in arrays else None)
+                      generators=torch.from_numpy(arrays["generators"]) if "generators" in arrays else None,
+                      solver_steps=torch.from_numpy(arrays["solver_steps"]) if "solver_steps" in arrays else None)

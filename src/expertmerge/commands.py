@@ -196,7 +196,7 @@ def cmd_sample(args):
 
 
 def check_trunk_arguments(args, path: str) -> None:
-    """--until-level/--start-state only for a path that shares a trunk, and not both with a result."""
+    """--until-level/--start-state only for a path that shares a trunk (not Heun's, nor a plugin's sampler)."""
     from .sharing import DIRECTIONS
 
     if (args.until_level is not None or args.start_state is not None) and path not in DIRECTIONS:
@@ -326,12 +326,12 @@ def cmd_nll(args):
     from .pipeline import build_expert
     from .shards import write_csv
 
+    check_trunk_arguments(args, "nll")
     device = resolve_device(args.device)
     expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
     check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
     options = {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm,
                "dequantization": args.dequantization}
-    check_trunk_arguments(args, "nll")
     if args.until_level is not None:
         shape = (images.shape[3], *images.shape[1:3])
         return write_trunk_state(args, "nll", expert, list(indices), shape, options, device, check_images(images))

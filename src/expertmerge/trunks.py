@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .experts.base import check_expert
+from .experts.base import check_expert, raise_if_not_finite
 from .files import atomic_path
 from .likelihood import LikelihoodRecord, log_density_at_data, nll_draws, nll_segment
 from .merge import pieces
@@ -109,6 +109,8 @@ def start(path: str, merged, seeds, shape, options: dict, images: torch.Tensor |
     the same draw), or the dequantised test image at gamma_0 (nll, `images` uint8 [N, H, W, C])."""
     if path not in DIRECTIONS:
         raise ValueError(f"path must be one of {', '.join(DIRECTIONS)}, got {path!r}")
+    if path == "nll" and images is None:
+        raise ValueError("the nll trunk starts from the test images: give `images` (uint8 [N, H, W, C])")
     check_expert(merged)
     device = torch.device(device or "cpu")
     seeds, shape, gamma_range = [int(s) for s in seeds], tuple(int(d) for d in shape), (float(merged.gamma_min),
@@ -265,6 +267,7 @@ def finish_nll(state: TrunkState, merged, images: torch.Tensor, device=None) -> 
                                   state.gamma_range[1], probe, rtol=state.options["rtol"], atol=state.options["atol"],
                                   error_norm=state.options["error_norm"])  # see TrunkState.first_step
     bpd = -(log_density_at_data(final, state.gamma_range[0]) - log_q) / (math.prod(state.shape) * math.log(2))
+    raise_if_not_finite(bpd, state.seeds, "the ODE bpd (the expert's output was finite; the solve overflowed)")
     return LikelihoodRecord(bpd=bpd.cpu(), nfe=state.nfe + calls)
 
 

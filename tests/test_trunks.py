@@ -117,3 +117,15 @@ def test_a_merge_off_the_trunks_path_is_refused(experts):
         trunks.advance(state, merged, 0.2)  # across the switch at 0.3
     with pytest.raises(ValueError, match="runs down"):
         trunks.advance(state, merged, 0.6)
+
+
+def test_a_clock_whose_top_is_missed_by_an_ulp_still_serves_the_trunk():
+    """gamma_min + 1 * (gamma_max - gamma_min) rounds away from gamma_max for about half of all clocks
+    (here 8.76 on [-13.3, 8.76]); the trunk's top segment is still the quality expert's."""
+    quality = GaussianExpert(*gaussian_data(SHAPE, seed=1), gamma_min=-12.43, gamma_max=8.76)
+    likelihood = GaussianExpert(*gaussian_data(SHAPE, seed=2), gamma_min=-13.3, gamma_max=5.0)
+    assert -13.3 + 1.0 * (8.76 + 13.3) != 8.76
+    sweep = merges((quality, likelihood), etas=(0.1, 0.7))
+    shared, _ = trunks.sweep("ancestral", sweep, 10, range(2), SHAPE, ANCESTRAL)
+    for label, (_, merged) in sweep.items():
+        assert torch.equal(shared[label].x, sample_ancestral(merged, range(2), SHAPE, **ANCESTRAL).x), label

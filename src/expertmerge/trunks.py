@@ -146,8 +146,9 @@ def _generators(states: torch.Tensor) -> list[torch.Generator]:
 
 def _serving_piece(state: TrunkState, merged, low: float, high: float):
     """The one expert of `merged` that serves the gamma interval [low, high], refused if none does alone."""
+    slack = 1e-9 * (state.gamma_range[1] - state.gamma_range[0])  # gamma_at(1) may miss gamma_max by an ulp
     for lo, hi, expert in pieces(merged):
-        if lo <= low and high <= hi:
+        if lo - slack <= low and high <= hi + slack:
             return expert
     raise ValueError(f"the {state.path} trunk between gamma {low:.4g} and {high:.4g} is not served by one expert of "
                      f"this merge (its pieces: {', '.join(f'[{lo:.4g}, {hi:.4g}]' for lo, hi, _ in pieces(merged))})")

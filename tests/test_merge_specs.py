@@ -1,6 +1,7 @@
 """Named merges of N experts with hard switches and blend windows (issue 24): parsing, range checks, and the
 denoiser against `merge.switch_many` / `merge.blend` and the exact Gaussian denoisers."""
 import math
+import re
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import torch
 from conftest import gaussian_data
 from expertmerge.experts.gaussian import GaussianExpert
 from expertmerge.merge import blend, switch_many
-from expertmerge.merge_specs import Switch, build_merge, check_merge, parse_switch
+from expertmerge.merge_plan import Switch, check_merge, parse_switch
+from expertmerge.merge_specs import build_merge
 from expertmerge.noise import gamma_to_noise_level, linear_gamma
 
 SHAPE = (1, 2, 2)
@@ -85,3 +87,23 @@ def test_three_experts_with_a_blend_are_the_expected_convex_combination(three):
         s = gamma_to_noise_level(linear_gamma(eta, gamma_0, gamma_1))
         expected = sum(weight * e.denoise(x, s) for e, weight in parts.items())
         torch.testing.assert_close(merged.denoise(x, s), expected, rtol=1e-5, atol=1e-6, msg=str(eta))
+
+
+@pytest.mark.parametrize("merge, message", [
+    ({"experts": ["edm", "vdm"], "switches": [{"blend": [0.3, 0.5]}]}, None),
+    ({"experts": ["edm", "vdm"], "switches": [0.95]}, r"merge 'm': the switch from edm to vdm at 0.95 leaves the levels"),
+    ({"experts": ["edm", "flow"], "switches": [0.5]}, r"merge 'm': names the expert 'flow', which the experiment"),
+    ({"experts": ["edm", "vdm"], "switches": [0.3, 0.2]}, "needs 1 switches, got 2"),
+    ({"experts": ["edm", "vdm"], "switches": [{"blend": [0.5, 0.3]}]}, "eta_a < eta_b"),
+])
+def test_config_merges_are_checked_before_any_work(tmp_path, merge, message):
+    from test_pipeline import reduced_config, snakemake, write_config
+
+    config = reduced_config()
+    config["experiments"]["digits"]["merges"] = {"m": merge}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    if message is None:
+        assert result.returncode == 0, result.stderr[-2000:]
+    else:
+        assert result.returncode != 0 and re.search(message, result.stdout + result.stderr), result.stderr[-2000:]

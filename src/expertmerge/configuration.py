@@ -106,6 +106,22 @@ def with_samplers(schema: dict) -> dict:
     return schema
 
 
+def _check_merges(name: str, experiment: dict) -> None:
+    """Each named merge: known experts, switches from high noise to low, each expert valid where it serves; and a
+    name that is neither an expert's nor an eta label."""
+    from .merge_plan import check_config_merge
+
+    ranges = {expert: gamma_range(spec["noise_range"]) for expert, spec in experiment["experts"].items()}
+    for merge_name, merge in experiment.get("merges", {}).items():
+        if merge_name in ranges or merge_name in RESERVED_NAMES:
+            raise ConfigError(f"experiment {name!r}: a merge may not be called {merge_name!r}, the name of an expert "
+                              f"or an eta label")
+        try:
+            check_config_merge(merge, ranges)
+        except ValueError as error:
+            raise ConfigError(f"experiment {name!r}, merge {merge_name!r}: {error}") from None
+
+
 def check_config(config: dict) -> None:
     """Semantic checks after schema validation; one ConfigError naming the first problem."""
     from .samplers import SAMPLERS
@@ -140,6 +156,7 @@ def check_config(config: dict) -> None:
                     check_recipe(spec["recipe"]["name"], spec["family"], gamma_range(spec["noise_range"]))
                 except ValueError as error:
                     raise ConfigError(f"experiment {name!r}, expert {expert!r}: {error}") from None
+        _check_merges(name, experiment)
         splits = DATA_SPLITS[experiment["data"]["source"]]
         if "loss_profile" in experiment and experiment["loss_profile"]["split"] not in splits:
             raise ConfigError(f"experiment {name!r}: loss_profile.split {experiment['loss_profile']['split']!r} is "

@@ -215,3 +215,21 @@ def test_a_tail_that_does_not_continue_its_trunk_state_is_refused(tiny, tmp_path
 def test_sample_without_features_says_what_it_needs(tiny, tmp_path):
     result = run(*replaced(sample_args(tiny, tmp_path / "shard.npz"), features=None))
     assert result.returncode != 0 and "sample needs --features" in result.stderr, result.stderr
+
+
+def test_a_named_merge_runs_and_with_hard_switches_equals_the_eta_merge(tiny, tmp_path):
+    """Issue 24 through `sample`: a named merge (--merge, --eta its name) of the two experts with a hard switch at
+    0.5 gives the images of --eta 0.5 bit for bit; one with a blend window runs and records its name and levels."""
+    hard = json.dumps({"experts": ["edm", "vdm"], "switches": [0.5]})
+    assert run(*replaced(sample_args(tiny, tmp_path / "named.npz", eta="half"), merge=hard)).returncode == 0
+    assert run(*sample_args(tiny, tmp_path / "eta.npz", eta="0.5")).returncode == 0
+    named, eta = np.load(tmp_path / "named.npz"), np.load(tmp_path / "eta.npz")
+    assert np.array_equal(named["images"], eta["images"])
+    blended = json.dumps({"experts": ["edm", "vdm"], "switches": [{"blend": [0.4, 0.6]}]})
+    result = run(*replaced(sample_args(tiny, tmp_path / "blend.npz", eta="soft"), merge=blended))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(str(np.load(tmp_path / "blend.npz")["record"]))
+    assert (record["eta_label"], record["switch_etas"]) == ("soft", "0.4 0.6")
+    missing = json.dumps({"experts": ["edm", "flow", "vdm"], "switches": [0.7, 0.3]})
+    result = run(*replaced(sample_args(tiny, tmp_path / "three.npz", eta="three"), merge=missing))
+    assert result.returncode != 0 and "--expert flow=STEM" in result.stderr, result.stderr

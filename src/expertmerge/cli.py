@@ -34,6 +34,11 @@ def _experts(parser):
     parser.add_argument("--eta", required=True,
                         help="switch level: a number, eta_min, eta_max, an expert's name, or auto (needs --switches)")
     parser.add_argument("--switches", default=None, help="eta auto: the auto-switch .json chosen from the loss profile")
+    parser.add_argument("--merge", type=json_object, default=None,
+                        help='a named merge (--eta is its name): JSON {"experts": [high noise to low], "switches": '
+                             '[eta or {"blend": [eta_a, eta_b]}, ...]}')
+    parser.add_argument("--expert", type=key_value, action="append", default=[], metavar="NAME=STEM",
+                        help="a named merge's expert beyond --quality and --likelihood: its checkpoint stem")
 
 
 def _selection(parser, whose=""):

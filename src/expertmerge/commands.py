@@ -166,7 +166,8 @@ def cmd_sample(args):
         raise ValueError("sample needs --features (the classifier stem or the Inception weights) for the FID "
                          "features it stores, unless it writes a trunk state (--until-level)")
     device = resolve_device(args.device)
-    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
+    expert, choice, shape = build_expert(args.quality, args.likelihood, args.eta, device, args.switches,
+                                        merge=args.merge, extra_stems=dict(args.expert))
     seeds, images, nfe = list(args.seeds), [], []
     if args.until_level is not None:
         return write_trunk_state(args, declared.name, expert, seeds, shape, options, device)
@@ -328,7 +329,8 @@ def cmd_nll(args):
 
     check_trunk_arguments(args, "nll")
     device = resolve_device(args.device)
-    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches,
+                                        merge=args.merge, extra_stems=dict(args.expert))
     check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
     options = {"rtol": args.rtol, "atol": args.atol, "error_norm": args.error_norm,
                "dequantization": args.dequantization}
@@ -370,7 +372,8 @@ def cmd_vlb(args):
     from .shards import write_json
 
     device = resolve_device(args.device)
-    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches)
+    expert, choice, _ = build_expert(args.quality, args.likelihood, args.eta, device, args.switches,
+                                        merge=args.merge, extra_stems=dict(args.expert))
     check_image_shape(expert, (images.shape[3], *images.shape[1:3]))  # uint8 images are [N, H, W, C]
     records = []
     for run in args.runs:  # one run's numbers depend on its seed only, so grouping runs changes nothing

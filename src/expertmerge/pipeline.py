@@ -223,7 +223,7 @@ def split_size(data: dict, split: str) -> int:
     return held.get(split, DIGITS_IMAGES - sum(held.values()))
 
 
-def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=None):
+def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=None, merge=None, extra_stems=None):
     """Load two expert checkpoints and return (expert for this eta label, EtaChoice, image shape).
 
     A baseline label (an expert's name, i.e. its checkpoint's file name) gives that expert alone on its
@@ -237,6 +237,9 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=No
 
     stems = {"quality": Path(quality_stem), "likelihood": Path(likelihood_stem)}
     names = {role: stem.name for role, stem in stems.items()}
+    if merge is not None:
+        by_name = {stem.name: stem for stem in stems.values()} | {name: Path(s) for name, s in (extra_stems or {}).items()}
+        return build_named_merge(by_name, label, merge, device)
     loaded = {role: load_expert(stem, device) for role, stem in stems.items()
               if str(label) not in names.values() or names[role] == str(label)}
     shapes = {role: getattr(expert, "image_shape", None) for role, expert in loaded.items()}
@@ -257,3 +260,24 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=No
         choice = resolve_eta(label, names, *eta_range(loaded["quality"], loaded["likelihood"]))
         expert = switch(loaded["quality"], loaded["likelihood"], choice.eta)
     return expert, replace(choice, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max), shape
+
+
+def build_named_merge(stems: dict, label, merge: dict, device="cpu"):
+    """A named merge (config.yaml's merges.<label>: experts from high noise to low and the switches between them),
+    its experts loaded from `stems` ({name: checkpoint stem}); returns (expert, EtaChoice, image shape). The
+    choice is recorded at its lowest switch level, as "auto" at its first."""
+    from .experts.checkpoint import load_expert
+    from .merge_plan import parse_switch
+    from .merge_specs import build_merge
+
+    names = [str(name) for name in merge.get("experts", [])]
+    switches = [parse_switch(value) for value in merge.get("switches", [])]
+    missing = [name for name in names if name not in stems]
+    if missing:
+        raise ValueError(f"merge {label!r} names the expert {missing[0]!r}: give its checkpoint with --expert "
+                         f"{missing[0]}=STEM (known: {', '.join(stems)})")
+    experts = [load_expert(stems[name], device) for name in names]
+    expert = build_merge(experts, switches, names)
+    levels = sorted({level for switch in switches for level in (switch.low, switch.high)})
+    choice = EtaChoice(str(label), levels[0], None, levels[0], switch_etas=tuple(levels))
+    return expert, replace(choice, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max), tuple(expert.image_shape)

@@ -173,7 +173,7 @@ def check_config(config: dict) -> None:
             for label in labels:
                 if label == AUTO_LABEL and "loss_profile" not in experiment:
                     raise ConfigError("eta 'auto' is chosen from the experts' loss profile: configure loss_profile")
-                if label != AUTO_LABEL:
+                if label != AUTO_LABEL and label not in experiment.get("merges", {}):
                     resolve_eta(label, expert_names(experiment), eta_min, eta_max)
         except ValueError as error:
             raise ConfigError(f"experiment {name!r}: {error}") from None

@@ -188,8 +188,8 @@ def runs_of_vlb_job(name: str) -> range:
 
 
 def numeric_etas(experiment: dict) -> list[float]:
-    """The configured switch levels given as numbers (not eta_min/eta_max, not a baseline)."""
-    names = set(expert_names(experiment).values()) | set(RANGE_LABELS) | {AUTO_LABEL}
+    """The configured switch levels given as numbers (not eta_min/eta_max, not a baseline, not a named merge)."""
+    names = set(expert_names(experiment).values()) | set(RANGE_LABELS) | {AUTO_LABEL} | set(experiment.get("merges", {}))
     return [float(label) for label in eta_labels(experiment) if label not in names]
 
 

@@ -50,12 +50,19 @@ def pinned_checksum(config: dict, name: str) -> str | None:
     return None if checksum == UNPINNED else checksum
 
 
-def expert_pair(config: dict, experiment: str) -> str:
-    """--quality/--likelihood naming the checkpoint stems of an experiment's two experts."""
+def expert_pair(config: dict, experiment: str, eta: str | None = None) -> str:
+    """--quality/--likelihood naming the checkpoint stems of an experiment's two experts; for a named merge (`eta`
+    one of its `merges`) also --merge (its JSON) and --expert NAME=STEM for each of its other experts."""
     spec = config["experiments"][experiment]
     names = expert_names(spec)
-    return options(**{role: expert_stem(experiment, names[role], spec["experts"][names[role]])
+    pair = options(**{role: expert_stem(experiment, names[role], spec["experts"][names[role]])
                       for role in ("quality", "likelihood")})
+    merge = spec.get("merges", {}).get(str(eta))
+    if merge is None:
+        return pair
+    others = [name for name in merge["experts"] if name not in names.values()]
+    return " ".join([pair, options(merge=merge, expert=[f"{name}={expert_stem(experiment, name, spec['experts'][name])}"
+                                                        for name in others] or None)])
 
 
 def eta_options(experiment: str, eta: str, **more) -> str:
@@ -160,7 +167,7 @@ def sample_arguments(config: dict, experiment: str, sampler: str, eta: str, shar
     solver = " ".join([options(sampler=declared.name), *(switch(option.flag, value) if isinstance(value, bool)
                                                           else options(**{option.name: value})
                                                           for option, value in zip(declared.options, values.values()))])
-    return " ".join([expert_pair(config, experiment), eta_options(experiment, eta), solver,
+    return " ".join([expert_pair(config, experiment, eta), eta_options(experiment, eta), solver,
                      options(seeds=f"{start}:{stop}", batch_size=sampling["batch_size"])])
 
 
@@ -195,7 +202,7 @@ def switch(flag: str, on: bool) -> str:
 
 def nll_arguments(config: dict, experiment: str, eta: str, shard, splits: str) -> str:
     nll = config["experiments"][experiment]["nll"]
-    return " ".join([expert_pair(config, experiment),
+    return " ".join([expert_pair(config, experiment, eta),
                      eta_options(experiment, eta, data=splits, split="test", shard=shard, shards=nll["shards"],
                                  images=nll.get("images"), rtol=nll["rtol"], atol=nll["atol"],
                                  dequantization=nll["dequantization"], error_norm=nll.get("error_norm", "batch-rms"),
@@ -210,7 +217,7 @@ def nll_shard_arguments(config: dict, experiment: str, eta: str, shard, splits: 
 
 def vlb_run_arguments(config: dict, experiment: str, eta: str, runs: str, splits: str) -> str:
     """`runs` is the job's file stem, run<k> or runs<first>-<last>."""
-    return " ".join([expert_pair(config, experiment),
+    return " ".join([expert_pair(config, experiment, eta),
                      eta_options(experiment, eta, data=splits, split="test", runs=runs_of_vlb_job(runs))])
 
 
@@ -276,8 +283,10 @@ def predict_vlb_arguments(config: dict, experiment: str, splits: str) -> str:
     """Every configured eta, from the loss profile measured on the profile's images."""
     spec = config["experiments"][experiment]
     switches = auto_switch_path(experiment) if AUTO_LABEL in spec["etas"] else None
+    # named merges are not predicted yet: the loss profile holds the quality and likelihood experts only
+    etas = [str(eta) for eta in spec["etas"] if str(eta) not in spec.get("merges", {})]
     return " ".join([options(data=splits), profile_selection(config, experiment),
-                     options(etas=[str(eta) for eta in spec["etas"]], switches=switches)])
+                     options(etas=etas, switches=switches)])
 
 
 def paper_table_arguments(config: dict, number, files) -> str:

@@ -47,8 +47,8 @@ def switch_level(experiment: dict, label) -> float | None:
     """The switch eta of a merge label known while planning (a number, eta_min, eta_max); None for a baseline and
     for "auto", whose switches a job chooses later (it runs on its own)."""
     label = str(label)
-    if label == AUTO_LABEL or label in expert_names(experiment).values():
-        return None
+    if label == AUTO_LABEL or label in expert_names(experiment).values() or label in experiment.get("merges", {}):
+        return None  # auto and named merges run on their own (a named merge may start with another expert)
     if label in RANGE_LABELS:
         return experiment_eta_range(experiment)[RANGE_LABELS.index(label)]
     return float(label)

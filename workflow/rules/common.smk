@@ -47,6 +47,11 @@ def expert_files(wildcards):
     switches chosen from the loss profile."""
     if wildcards.eta in expert_names(experiment(wildcards)).values():
         return checkpoint_files(stem_of(wildcards.experiment, wildcards.eta))
+    merge = experiment(wildcards).get("merges", {}).get(wildcards.eta)
+    if merge is not None:  # a named merge: the pair (its command loads them by role) and its other experts
+        others = [name for name in merge["experts"] if name not in expert_names(experiment(wildcards)).values()]
+        return both_expert_files(wildcards) + [path for name in others
+                                               for path in checkpoint_files(stem_of(wildcards.experiment, name))]
     return both_expert_files(wildcards) + ([auto_switch_path(wildcards.experiment)] if wildcards.eta == AUTO_LABEL else [])
 
 

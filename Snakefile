@@ -31,6 +31,7 @@ wildcard_constraints:
     expert=r"[a-z][a-z0-9_-]*",
     eta=r"[a-z0-9_.-]+",
     level=r"[0-9][0-9.e-]*",  # a trunk anchor k/grid as Python prints it
+    merge=r"[a-z][a-z0-9_-]*",
 
 
 include: "workflow/rules/data.smk"
@@ -48,3 +49,10 @@ rule all:
     default_target: True
     input:
         experiment_targets(config["demo"]),
+
+
+if "digits3" in config["experiments"]:
+
+    rule digits3:
+        input:
+            experiment_targets("digits3"),

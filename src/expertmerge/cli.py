@@ -33,7 +33,8 @@ def _experts(parser):
     _expert_pair(parser)
     parser.add_argument("--eta", required=True,
                         help="switch level: a number, eta_min, eta_max, an expert's name, or auto (needs --switches)")
-    parser.add_argument("--switches", default=None, help="eta auto: the auto-switch .json chosen from the loss profile")
+    parser.add_argument("--switches", default=None, help="eta auto: the auto-switch .json chosen from the loss profile; "
+                        "a named auto merge: its auto-merge .json")
     parser.add_argument("--merge", type=json_object, default=None,
                         help='a named merge (--eta is its name): JSON {"experts": [high noise to low], "switches": '
                              '[eta or {"blend": [eta_a, eta_b]}, ...]}')
@@ -248,9 +249,12 @@ def _profile_commands(command):
     sub = command("loss-profile", profile_commands.cmd_loss_profile, "each expert's denoising loss L(gamma) on one gamma grid",
                   "profile .csv")
     _expert_pair(sub)
+    sub.add_argument("--expert", type=key_value, action="append", default=[], metavar="NAME=STEM",
+                     help="an expert beyond the pair (role 'other' in the profile, for named merges): its checkpoint stem")
     sub.add_argument("--data", required=True, help="splits .npz")
     _selection(sub)
-    sub.add_argument("--points", type=bounded_int(2, limits.MAX_POINTS), required=True, help="grid points over the union of both gamma ranges")
+    sub.add_argument("--points", type=bounded_int(2, limits.MAX_POINTS), required=True,
+                     help="grid points over the union of all the experts' gamma ranges")
     sub.add_argument("--batch-size", type=batch, default=256, help="images per network call")
     sub.add_argument("--shard", type=shard, default=0, help="this job's part of the images (0-based)")
     sub.add_argument("--shards", type=shards, default=1, help="equal parts of the images (combine-profiles joins them)")
@@ -263,6 +267,12 @@ def _profile_commands(command):
                   "the VLB-optimal switches (eta auto) from the experts' L(gamma), smoothed to the fewest that "
                   "lose at most one standard error", "switches .json")
     sub.add_argument("--profile", required=True, help="loss-profile .csv")
+
+    sub = command("auto-merge", profile_commands.cmd_auto_merge,
+                  "the VLB-optimal merge of any number of the profile's experts: at each gamma the lowest L(gamma), "
+                  "smoothed to the fewest pieces within one standard error", "auto-merge .json")
+    sub.add_argument("--profile", required=True, help="loss-profile .csv holding every expert named")
+    sub.add_argument("--experts", nargs="+", required=True, help="the experts (names in the profile) that may serve")
 
     sub = command("predict-vlb", profile_commands.cmd_predict_vlb,
                   "each eta's VLB predicted from the experts' L(gamma) (Eq. 6-7), with no network evaluation",

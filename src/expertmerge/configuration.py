@@ -13,7 +13,7 @@ import yaml
 
 from . import limits
 from .pipeline import (ANALYSIS_SECTIONS, AUTO_LABEL, DATA_SPLITS, RANGE_LABELS, ConfigError, check_recipe, eta_labels,
-                       expert_names, experiment_eta_range, has_analysis, resolve_eta, shard_ranges, split_size)
+                       expert_names, experiment_eta_range, has_analysis, named_label, resolve_eta, shard_ranges, split_size)
 from .noise import gamma_range
 
 RESERVED_NAMES = (AUTO_LABEL, *RANGE_LABELS)  # eta labels: no expert may be called so
@@ -120,6 +120,9 @@ def _check_merges(name: str, experiment: dict) -> None:
             check_config_merge(merge, ranges)
         except ValueError as error:
             raise ConfigError(f"experiment {name!r}, merge {merge_name!r}: {error}") from None
+        if "auto" in merge and "loss_profile" not in experiment:
+            raise ConfigError(f"experiment {name!r}, merge {merge_name!r}: an auto merge is chosen from the experts' "
+                              "loss profiles: configure loss_profile")
 
 
 def check_config(config: dict) -> None:
@@ -137,10 +140,10 @@ def check_config(config: dict) -> None:
         if reserved:
             raise ConfigError(f"experiment {name!r}: an expert may not be called {reserved[0]!r}, an eta label; "
                               f"reserved: {', '.join(RESERVED_NAMES)}")
-        roles = sorted(spec["role"] for spec in experiment["experts"].values())
+        roles = sorted(spec["role"] for spec in experiment["experts"].values() if "role" in spec)
         if roles != ["likelihood", "quality"]:
-            raise ConfigError(f"experiment {name!r}: experts need exactly one 'quality' and one 'likelihood' role, "
-                              f"got {roles}")
+            raise ConfigError(f"experiment {name!r}: experts need exactly one 'quality' and one 'likelihood' role "
+                              f"(the eta grid's pair; any others have none), got {roles}")
         named = [(f"data.files.{role}", download) for role, download in experiment["data"].get("files", {}).items()]
         named += [(f"experts.{expert}.fetch", spec["fetch"]["download"]) for expert, spec in experiment["experts"].items()
                   if "fetch" in spec]
@@ -173,7 +176,7 @@ def check_config(config: dict) -> None:
             for label in labels:
                 if label == AUTO_LABEL and "loss_profile" not in experiment:
                     raise ConfigError("eta 'auto' is chosen from the experts' loss profile: configure loss_profile")
-                if label != AUTO_LABEL and label not in experiment.get("merges", {}):
+                if not named_label(experiment, label):
                     resolve_eta(label, expert_names(experiment), eta_min, eta_max)
         except ValueError as error:
             raise ConfigError(f"experiment {name!r}: {error}") from None

@@ -80,7 +80,7 @@ AUTO_MARKER = dict(marker="P", ms=9, mec="black", mew=0.6, linestyle="none")
 def _curve(ax, df: pd.DataFrame, value: str, error: str | None, label: str, style: dict):
     """Merged models at one switch level as a line with error bars; unmerged baselines as distinct squares
     joined by dotted lines to the nearest of them; the "auto" merge as a filled plus (AUTO_MARKER), apart."""
-    df = df.sort_values("eta", kind="stable")
+    df = df[np.isfinite(df["eta"].astype(float))].sort_values("eta", kind="stable")  # NaN: off the eta axis
     baseline, auto = ~df["eta_label"].map(is_merged), df["eta_label"] == AUTO
     merged = df[~baseline & ~auto]
     yerr = (lambda part: part[error]) if error in df.columns else (lambda part: None)

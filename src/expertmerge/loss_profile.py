@@ -23,6 +23,7 @@ from .experts.base import check_expert
 from .images import from_uint8
 from .likelihood import check_image_shape, denoising_error, prior_kl, reconstruction_nll
 from .noise import gamma_to_noise_level
+from .profile_files import ROLES
 from .seeding import per_image_draw, per_image_generators
 
 RANGE_SLACK = 1e-9  # grid ends computed in floating point may overshoot a range end by rounding
@@ -253,24 +254,28 @@ def combine_profiles(frames, sources=None):
         rows.append({**dict(zip(keys, key)), "loss": loss, "standard_error": error, "images": count,
                      "difference": difference, "difference_standard_error": difference_error})
     combined = pd.DataFrame(rows)[list(frame.columns)]
-    if combined.duplicated(["role", "gamma"]).any():
+    if combined.duplicated(["expert", "gamma"]).any() or combined.duplicated(["role", "gamma"])[
+            combined["role"].isin(ROLES)].any():
         raise ValueError("the loss-profile shards disagree on their experts, ranges or seeds: combine only the "
                          "shards of one profile")
     return combined
 
 
-def profile_curves(records) -> tuple[np.ndarray, dict]:
-    """From a loss-profile table (rows: role, gamma, loss, gamma_min, gamma_max, ...; see `profile_records`):
-    the common gamma grid and, per role, (gamma_min, gamma_max, mean L on the grid, NaN where unmeasured)."""
+def profile_curves(records, by: str = "role", column: str = "loss") -> tuple[np.ndarray, dict]:
+    """From a loss-profile table (rows: role, expert, gamma, loss, gamma_min, gamma_max, ...; see
+    `profile_records`): the common gamma grid and, per role of the eta grid's pair (`by="role"`) or per expert
+    of all of them (`by="expert"`), (gamma_min, gamma_max, `column` on the grid, NaN where unmeasured)."""
     import pandas as pd
 
     frame = pd.DataFrame(records)
     gammas = np.unique(frame["gamma"].to_numpy(dtype=np.float64))
+    if by == "role":
+        frame = frame[frame["role"].isin(ROLES)]
     curves = {}
-    for role, rows in frame.groupby("role", sort=False):
+    for key, rows in frame.groupby(by, sort=False):
         curve = np.full(len(gammas), np.nan)
-        curve[np.searchsorted(gammas, rows["gamma"].to_numpy(dtype=np.float64))] = rows["loss"].to_numpy(dtype=np.float64)
-        curves[role] = (float(rows["gamma_min"].iloc[0]), float(rows["gamma_max"].iloc[0]), curve)
+        curve[np.searchsorted(gammas, rows["gamma"].to_numpy(dtype=np.float64))] = rows[column].to_numpy(dtype=np.float64)
+        curves[key] = (float(rows["gamma_min"].iloc[0]), float(rows["gamma_max"].iloc[0]), curve)
     return gammas, curves
 
 

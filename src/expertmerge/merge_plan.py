@@ -6,7 +6,8 @@ the denoiser moves linearly in gamma from the lower expert's to the higher one's
 clock of all the merge's experts (Eq. 14). A merge is checked before any work: each expert must be valid on
 every level it serves, a blend's two experts on the whole window (Eq. 15, for each pair of neighbours).
 This module imports no torch: the workflow checks config.yaml's merges with it while it plans;
-`merge_specs.build_merge` builds the denoiser.
+`merge_specs.build_merge` builds the denoiser. An `auto` merge names only its candidate experts: `expertmerge
+auto-merge` chooses its pieces from their loss profiles.
 """
 from __future__ import annotations
 
@@ -80,14 +81,31 @@ def _range(bounds) -> str:
     return f"[{bounds[0]:.4g}, {bounds[1]:.4g}]"
 
 
+def merge_experts(merge: dict) -> list[str]:
+    """The experts a config.yaml merge may use: its `experts`, or the candidates of an `auto` merge."""
+    return [str(name) for name in (merge["auto"] if "auto" in merge else merge["experts"])]
+
+
 def check_config_merge(merge: dict, expert_ranges: dict) -> None:
-    """A merge as config.yaml gives it ({experts: [...], switches: [...]}), against the experiment's experts and their
-    gamma ranges (`expert_ranges`, by name)."""
-    names = [str(name) for name in merge["experts"]]
+    """A merge as config.yaml gives it ({experts: [...], switches: [...]}, or {auto: [...]}: the VLB-optimal merge of
+    those experts, chosen from their loss profiles), against the experiment's experts and their gamma ranges
+    (`expert_ranges`, by name)."""
+    names = merge_experts(merge)
     unknown = [name for name in names if name not in expert_ranges]
     if unknown:
         raise ValueError(f"names the expert {unknown[0]!r}, which the experiment does not have "
                          f"(its experts: {', '.join(expert_ranges)})")
     if len(set(names)) != len(names):
         raise ValueError(f"lists an expert twice: {names}")
-    check_merge(names, [parse_switch(value) for value in merge["switches"]], expert_ranges)
+    if "auto" not in merge:
+        check_merge(names, [parse_switch(value) for value in merge["switches"]], expert_ranges)
+        return
+    if len(names) < 2:
+        raise ValueError(f"an auto merge chooses among at least two experts, got {names}")
+    covered = sorted(expert_ranges[name] for name in names)
+    reach = covered[0][1]
+    for lo, hi in covered[1:]:
+        if lo > reach:
+            raise ValueError(f"no expert of {names} serves gamma in ({reach:.4g}, {lo:.4g}): an auto merge needs their "
+                             "ranges to leave no gap")
+        reach = max(reach, hi)

@@ -31,6 +31,7 @@ TRUNK_STATE = EXPERIMENT + "/trunks/{path}/level{level}/shard{shard}.npz"  # a s
 LOSS_PROFILE_SHARD = EXPERIMENT + "/diagnostics/loss_profile/shard{shard}.csv"
 LOSS_PROFILE = EXPERIMENT + "/diagnostics/loss_profile.csv"
 AUTO_SWITCH = EXPERIMENT + "/diagnostics/auto_switch.json"
+AUTO_MERGE = EXPERIMENT + "/diagnostics/auto_merge/{merge}.json"
 PREDICTED_VLB = EXPERIMENT + "/diagnostics/predicted_vlb.csv"
 
 # Results as shown.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from . import paths
 from .experts.registry import get_family
@@ -85,8 +86,9 @@ def load_switches(path, names=None, ranges=None) -> tuple[list[str], list[float]
 
 
 def expert_names(experiment: dict) -> dict:
-    """{"quality": name, "likelihood": name} from an experiment's `experts` section."""
-    return {spec["role"]: name for name, spec in experiment["experts"].items()}
+    """{"quality": name, "likelihood": name} from an experiment's `experts` section (the eta grid's pair; experts
+    without a role serve in named merges only)."""
+    return {spec["role"]: name for name, spec in experiment["experts"].items() if "role" in spec}
 
 
 def eta_labels(experiment: dict) -> list[str]:
@@ -187,10 +189,20 @@ def runs_of_vlb_job(name: str) -> range:
     return range(first, last + 1)
 
 
+def named_label(experiment: dict, label) -> bool:
+    """Whether an eta label is a name rather than a switch level: "auto", any expert's, a named merge's."""
+    return str(label) in {AUTO_LABEL, *experiment["experts"], *experiment.get("merges", {})}
+
+
+def other_expert(experiment: dict, label) -> bool:
+    """Whether an eta label is an expert beyond the eta grid's pair (its baseline, run alone)."""
+    return str(label) in experiment["experts"] and str(label) not in expert_names(experiment).values()
+
+
 def numeric_etas(experiment: dict) -> list[float]:
     """The configured switch levels given as numbers (not eta_min/eta_max, not a baseline, not a named merge)."""
-    names = set(expert_names(experiment).values()) | set(RANGE_LABELS) | {AUTO_LABEL} | set(experiment.get("merges", {}))
-    return [float(label) for label in eta_labels(experiment) if label not in names]
+    return [float(label) for label in eta_labels(experiment) if label not in RANGE_LABELS
+            and not named_label(experiment, label)]
 
 
 def unpinned_downloads(config: dict) -> list[str]:
@@ -237,9 +249,13 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=No
 
     stems = {"quality": Path(quality_stem), "likelihood": Path(likelihood_stem)}
     names = {role: stem.name for role, stem in stems.items()}
-    if merge is not None:
+    if str(label) in (extra_stems or {}) and merge is None and switches is None:  # an expert beyond the pair, alone
+        expert = load_expert(Path(extra_stems[str(label)]), device)
+        choice = EtaChoice(str(label), None, None, math.nan, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max)
+        return expert, choice, tuple(expert.image_shape)
+    if merge is not None or (switches is not None and str(label) != AUTO_LABEL):  # a named merge, or one chosen
         by_name = {stem.name: stem for stem in stems.values()} | {name: Path(s) for name, s in (extra_stems or {}).items()}
-        return build_named_merge(by_name, label, merge, device)
+        return build_named_merge(by_name, label, merge, device, chosen=switches)
     loaded = {role: load_expert(stem, device) for role, stem in stems.items()
               if str(label) not in names.values() or names[role] == str(label)}
     shapes = {role: getattr(expert, "image_shape", None) for role, expert in loaded.items()}
@@ -262,22 +278,39 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=No
     return expert, replace(choice, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max), shape
 
 
-def build_named_merge(stems: dict, label, merge: dict, device="cpu"):
-    """A named merge (config.yaml's merges.<label>: experts from high noise to low and the switches between them),
-    its experts loaded from `stems` ({name: checkpoint stem}); returns (expert, EtaChoice, image shape). The
-    choice is recorded at its lowest switch level, as "auto" at its first."""
+def build_named_merge(stems: dict, label, merge: dict | None, device="cpu", chosen=None):
+    """A named merge (config.yaml's merges.<label>: experts from high noise to low and the switches between them;
+    or one that `expertmerge auto-merge` `chosen`, its .json), its experts loaded from `stems` ({name: checkpoint
+    stem}); returns (expert, EtaChoice, image shape). The choice is recorded at its lowest switch level, as
+    "auto" at its first; an auto merge that chose one expert alone is that expert (eta NaN)."""
     from .experts.checkpoint import load_expert
     from .merge_plan import parse_switch
     from .merge_specs import build_merge
+    from .profile_files import read_auto_merge
 
-    names = [str(name) for name in merge.get("experts", [])]
-    switches = [parse_switch(value) for value in merge.get("switches", [])]
+    names = [str(name) for name in (merge or _chosen_experts(chosen)).get("experts", [])]
     missing = [name for name in names if name not in stems]
     if missing:
         raise ValueError(f"merge {label!r} names the expert {missing[0]!r}: give its checkpoint with --expert "
                          f"{missing[0]}=STEM (known: {', '.join(stems)})")
     experts = [load_expert(stems[name], device) for name in names]
+    if merge is None:
+        merge = read_auto_merge(chosen, {name: (e.gamma_min, e.gamma_max) for name, e in zip(names, experts)})
+    switches = [parse_switch(value) for value in merge.get("switches", [])]
+    if len(experts) == 1 and not switches:
+        expert, choice = experts[0], EtaChoice(str(label), None, None, math.nan)
+        return expert, replace(choice, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max), tuple(expert.image_shape)
     expert = build_merge(experts, switches, names)
     levels = sorted({level for switch in switches for level in (switch.low, switch.high)})
     choice = EtaChoice(str(label), levels[0], None, levels[0], switch_etas=tuple(levels))
     return expert, replace(choice, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max), tuple(expert.image_shape)
+
+
+def _chosen_experts(path) -> dict:
+    """The experts an auto-merge .json names (read in full, and checked, once they are loaded)."""
+    import json
+
+    try:
+        return {"experts": list(json.loads(Path(path).read_text())["merge"]["experts"])}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not an auto-merge JSON file: {error!r}") from None

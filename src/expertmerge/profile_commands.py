@@ -28,6 +28,7 @@ def cmd_loss_profile(args):
     from .likelihood import check_image_shape
     from .loss_profile import diffusion_term_bpd, in_range, loss_profile, profile_grid, profile_records
     from .merge import eta_range, merged_range
+    from .profile_files import ROLES
     from .seeding import run_seeds
     from .shards import write_csv
 
@@ -39,33 +40,44 @@ def cmd_loss_profile(args):
                          f"selected images), got {args.shards}")
     device = resolve_device(args.device)
     stems = {"quality": Path(args.quality), "likelihood": Path(args.likelihood)}
-    experts = {role: load_expert(stem, device) for role, stem in stems.items()}
-    for role, expert in experts.items():  # both before either runs; uint8 images are [N, H, W, C]
-        check_image_shape(expert, (images.shape[3], *images.shape[1:3]), f"the {role} expert {stems[role].name}")
-    gamma_0, gamma_1 = merged_range(list(experts.values()))  # one grid over the union of both ranges
+    names = {"quality": stems["quality"].name, "likelihood": stems["likelihood"].name}
+    for name, stem in args.expert:  # experts beyond the pair, keyed by their names
+        if name in stems or name in names.values():
+            raise ValueError(f"--expert {name}={stem}: the name {name!r} is taken (experts: {', '.join(names.values())})")
+        stems[name], names[name] = Path(stem), name
+    experts = {key: load_expert(stem, device) for key, stem in stems.items()}
+    for key, expert in experts.items():  # all before any runs; uint8 images are [N, H, W, C]
+        check_image_shape(expert, (images.shape[3], *images.shape[1:3]), f"the expert {names[key]}")
+    gamma_0, gamma_1 = merged_range([experts["quality"], experts["likelihood"]])  # the pair's clock (Eq. 14)
     eta_min, eta_max = eta_range(experts["quality"], experts["likelihood"])
     ends = [end for expert in experts.values() for end in (expert.gamma_min, expert.gamma_max)]
-    grid = np.union1d(profile_grid(gamma_0, gamma_1, args.points), ends)  # each range's ends, for its integral
+    grid = np.union1d(profile_grid(*merged_range(list(experts.values())), args.points), ends)  # over every range
     part = np.array_split(np.arange(len(indices)), args.shards)[args.shard]  # equal shards of the selection
     images, indices = images[part], indices[part]
     seeds = run_seeds(args.seed, indices)  # image j's noise depends on j only; both experts see the same noise
     losses = {}
-    for role, expert in experts.items():
+    for key, expert in experts.items():
         inside = in_range(expert, grid)
-        losses[role] = loss_profile(expert, images, grid, seeds=seeds, evaluate=inside, batch_size=args.batch_size,
-                                    device=device, progress=Progress(len(images), f"L(gamma) of the {role} expert"))
-        log.info("%s expert %s: %d of %d grid points in its range; 1/(2 ln 2) int L dgamma over them %.4f bpd",
-                 role, stems[role].name, inside.sum(), len(grid),
-                 diffusion_term_bpd(grid[inside], losses[role][:, inside].mean(0).numpy()))
+        losses[key] = loss_profile(expert, images, grid, seeds=seeds, evaluate=inside, batch_size=args.batch_size,
+                                   device=device, progress=Progress(len(images), f"L(gamma) of {names[key]}"))
+        log.info("expert %s (%s): %d of %d grid points in its range; 1/(2 ln 2) int L dgamma over them %.4f bpd",
+                 names[key], _role(key), inside.sum(), len(grid),
+                 diffusion_term_bpd(grid[inside], losses[key][:, inside].mean(0).numpy()))
     paired = (losses["quality"].numpy(), losses["likelihood"].numpy())
     records = []
-    for role, expert in experts.items():
+    for key, expert in experts.items():
         ranges = {"gamma_min": expert.gamma_min, "gamma_max": expert.gamma_max, "eta_min": eta_min,
                   "eta_max": eta_max, "gamma_0": gamma_0, "gamma_1": gamma_1,
                   "shard": args.shard, "shards": args.shards}  # combine-profiles refuses a shard given twice
-        records += [{"role": role, "expert": stems[role].name, **record, **ranges}
-                    for record in profile_records(grid, losses[role], paired)]
+        records += [{"role": _role(key), "expert": names[key], **record, **ranges}
+                    for record in profile_records(grid, losses[key], paired if key in ROLES else None)]
     write_csv(args.out, pd.DataFrame(records))
+
+
+def _role(key: str) -> str:
+    from .profile_files import OTHER_ROLE, ROLES
+
+    return key if key in ROLES else OTHER_ROLE
 
 
 def cmd_combine_profiles(args):
@@ -102,6 +114,34 @@ def cmd_auto_switch(args):
              len(selection.chosen.switches), ", ".join(f"{eta:.4f}" for eta in switch_etas(selection.chosen.switches,
                                                                                           gamma_0, gamma_1)),
              len(selection.pointwise.switches), selection.chosen.excess_bpd, selection.chosen.standard_error_bpd)
+
+
+def cmd_auto_merge(args):
+    from .loss_profile import profile_curves
+    from .profile_files import expert_ranges, read_loss_profile
+    from .shards import write_json
+    from .switch_selection import merge_of_pieces, switch_etas, vlb_optimal_merge
+
+    profile = read_loss_profile(args.profile)
+    ranges = expert_ranges(profile)
+    unknown = [name for name in args.experts if name not in ranges]
+    if unknown or len(set(args.experts)) != len(args.experts):
+        raise ValueError(f"--experts must name distinct experts of the profile ({', '.join(ranges)}), got {args.experts}")
+    gammas, curves = profile_curves(profile, by="expert")
+    _, errors = profile_curves(profile, by="expert", column="standard_error")
+    chosen, pointwise, candidates, clock = vlb_optimal_merge(
+        gammas, {name: curves[name][2] for name in args.experts}, {name: errors[name][2] for name in args.experts},
+        {name: ranges[name] for name in args.experts})
+    describe = lambda c: {"experts": list(c.experts), "switch_etas": switch_etas(c.switches, *clock),  # noqa: E731
+                          "switch_gammas": list(c.switches), "excess_bpd": c.excess_bpd,
+                          "standard_error_bpd": c.standard_error_bpd}
+    write_json(args.out, {"merge": merge_of_pieces(chosen, clock), **describe(chosen), "candidates_of": args.experts,
+                          "gamma_0": clock[0], "gamma_1": clock[1], "images": int(profile["images"].max()),
+                          "pointwise": describe(pointwise), "candidates": [describe(c) for c in candidates]})
+    log.info("auto over %s: %s (low to high noise) switching at eta %s; the pointwise optimum has %d pieces, %.4f bpd "
+             "below (standard error <= %.4f)", ", ".join(args.experts), " | ".join(chosen.experts),
+             ", ".join(f"{eta:.4f}" for eta in switch_etas(chosen.switches, *clock)) or "(none)",
+             len(pointwise.experts), chosen.excess_bpd, chosen.standard_error_bpd)
 
 
 def cmd_predict_vlb(args):

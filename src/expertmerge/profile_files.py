@@ -15,7 +15,8 @@ import pandas as pd
 
 from .noise import feasible_etas, linear_gamma
 
-ROLES = ("likelihood", "quality")  # low to high noise, as the paper's merge
+ROLES = ("likelihood", "quality")  # the eta grid's pair, low to high noise, as the paper's merge
+OTHER_ROLE = "other"  # the role column of an expert beyond the pair, which serves in named merges only
 PROFILE_COLUMNS = ("role", "expert", "gamma", "loss", "standard_error", "images", "difference",
                    "difference_standard_error", "gamma_min", "gamma_max", "eta_min", "eta_max", "gamma_0", "gamma_1")
 PROFILE_CONSTANTS = ("eta_min", "eta_max", "gamma_0", "gamma_1")
@@ -40,21 +41,35 @@ def read_loss_profile(path, whole: bool = True) -> pd.DataFrame:
     missing = [column for column in PROFILE_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"{path} is not a loss profile: it lacks column(s) {missing}")
-    roles = sorted(set(frame["role"]))
+    roles = sorted(set(frame["role"]) - {OTHER_ROLE})
     if roles != sorted(ROLES):
-        raise ValueError(f"{path}: a loss profile holds rows of the roles {list(ROLES)} (one curve each), got {roles}")
+        raise ValueError(f"{path}: a loss profile holds rows of the roles {list(ROLES)} (one curve each) and of "
+                         f"experts of role {OTHER_ROLE!r}, got {sorted(set(frame['role']))}")
     for role in ROLES:
-        _check_curve(path, role, frame[frame["role"] == role])
+        _check_curve(path, f"the {role} expert", frame[frame["role"] == role])
+    others = frame[frame["role"] == OTHER_ROLE]
+    clash = sorted(set(others["expert"]) & set(frame.loc[frame["role"] != OTHER_ROLE, "expert"]))
+    if clash:
+        raise ValueError(f"{path}: the expert {clash[0]!r} has rows of two roles; a profile has one curve per expert")
+    for name, rows in others.groupby("expert", sort=False):
+        _check_curve(path, f"the expert {name}", rows)
     _check_ranges(path, frame)
     _check_shard_columns(path, frame, whole)
     return frame
 
 
 def profile_experts(profile: pd.DataFrame) -> tuple[dict, dict]:
-    """({role: expert name}, {role: (gamma_min, gamma_max)}) of a loss profile read by `read_loss_profile`."""
-    rows = profile.drop_duplicates("role").set_index("role")
+    """({role: expert name}, {role: (gamma_min, gamma_max)}) of the eta grid's pair in a loss profile read by
+    `read_loss_profile`."""
+    rows = profile[profile["role"].isin(ROLES)].drop_duplicates("role").set_index("role")
     ranges = {role: (float(row.gamma_min), float(row.gamma_max)) for role, row in rows.iterrows()}
     return rows["expert"].to_dict(), ranges
+
+
+def expert_ranges(profile: pd.DataFrame) -> dict:
+    """{expert name: (gamma_min, gamma_max)} of every expert in a loss profile, the pair's and the others'."""
+    rows = profile.drop_duplicates("expert").set_index("expert")
+    return {name: (float(row.gamma_min), float(row.gamma_max)) for name, row in rows.iterrows()}
 
 
 def _numbers(path, rows: pd.DataFrame, column: str, what: str, nan_allowed=None) -> np.ndarray:
@@ -69,8 +84,7 @@ def _numbers(path, rows: pd.DataFrame, column: str, what: str, nan_allowed=None)
     return values
 
 
-def _check_curve(path, role: str, rows: pd.DataFrame) -> None:
-    what = f"the {role} expert"
+def _check_curve(path, what: str, rows: pd.DataFrame) -> None:
     experts = rows["expert"].unique()
     if len(experts) != 1:
         raise ValueError(f"{path}: the rows of {what} name {len(experts)} experts {list(experts)}; a profile has one")
@@ -109,7 +123,7 @@ def _constant(path, rows: pd.DataFrame, column: str, what: str = "the profile") 
 
 
 def _check_ranges(path, frame: pd.DataFrame) -> None:
-    """The profile's merged range and feasible etas are those of its experts' ranges (Eq. 14-15)."""
+    """The profile's merged range and feasible etas are those of its pair's ranges (Eq. 14-15)."""
     written = {column: _constant(path, frame, column) for column in PROFILE_CONSTANTS}
     ranges = [tuple(frame.loc[frame["role"] == role, ["gamma_min", "gamma_max"]].iloc[0]) for role in ROLES]
     try:
@@ -233,3 +247,33 @@ def _check_switches_in_ranges(path, roles, gammas, gamma_0, gamma_1, ranges: dic
             if not lo - SLACK <= gamma <= hi + SLACK:
                 raise ValueError(f"{path}: switch {k} at gamma {gamma:.6g} is outside the {role} expert's range "
                                  f"[{lo:.6g}, {hi:.6g}]; a switch must lie where both of its experts are valid")
+
+
+# ----------------------------------------------------------------------------
+# Auto-merge files (`expertmerge auto-merge`: the VLB-optimal merge of any number of experts).
+
+def read_auto_merge(path, ranges: dict) -> dict:
+    """The merge an auto-merge JSON chose ({experts: [high noise to low], switches: [hard switches, high to low]}),
+    checked: one expert alone (no switches) or a merge that `merge_plan.check_merge` accepts on the experts'
+    gamma `ranges` ({name: (gamma_min, gamma_max)})."""
+    from .merge_plan import check_merge, parse_switch
+
+    try:
+        chosen = json.loads(Path(path).read_text())
+        merge = chosen["merge"]
+        names, switches = [str(name) for name in merge["experts"]], list(merge["switches"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not an auto-merge JSON file ({{\"merge\": {{\"experts\": [...], \"switches\": "
+                         f"[...]}}}}): {error!r}") from None
+    try:
+        if set(names) - set(ranges):
+            raise ValueError(f"names the expert(s) {sorted(set(names) - set(ranges))}, not among {sorted(ranges)}")
+        if not (len(names) == 1 and not switches):  # else one expert serves the whole merged range alone
+            parsed = [parse_switch(value) for value in switches]
+            if any(switch.low != switch.high for switch in parsed):
+                raise ValueError("an auto merge switches hard, it holds a blend")
+            check_merge(names, parsed, ranges)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return {"experts": names, "switches": [float(value) for value in switches]}
+

@@ -15,8 +15,10 @@ import shlex
 
 from . import paths, sharing
 from .downloads import UNPINNED
+from .merge_plan import merge_experts
 from .samplers import parse_result
 from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, numeric_etas,
+                       other_expert,
                        previous_training_state, runs_of_vlb_job, shard_ranges)
 
 LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
@@ -57,12 +59,29 @@ def expert_pair(config: dict, experiment: str, eta: str | None = None) -> str:
     names = expert_names(spec)
     pair = options(**{role: expert_stem(experiment, names[role], spec["experts"][names[role]])
                       for role in ("quality", "likelihood")})
+    if other_expert(spec, eta):  # an expert beyond the pair, alone
+        return " ".join([pair, options(expert=other_experts(config, experiment, [str(eta)]))])
     merge = spec.get("merges", {}).get(str(eta))
     if merge is None:
         return pair
-    others = [name for name in merge["experts"] if name not in names.values()]
-    return " ".join([pair, options(merge=merge, expert=[f"{name}={expert_stem(experiment, name, spec['experts'][name])}"
-                                                        for name in others] or None)])
+    others = [name for name in merge_experts(merge) if name not in names.values()]
+    chosen = (dict(switches=paths.AUTO_MERGE.format(experiment=experiment, merge=eta)) if "auto" in merge
+              else dict(merge=merge))
+    return " ".join([pair, options(**chosen, expert=other_experts(config, experiment, others) or None)])
+
+
+def other_experts(config: dict, experiment: str, names) -> list[str]:
+    """NAME=STEM of experts beyond the pair (--expert)."""
+    experts = config["experiments"][experiment]["experts"]
+    return [f"{name}={expert_stem(experiment, name, experts[name])}" for name in names]
+
+
+def profiled_others(config: dict, experiment: str) -> list[str]:
+    """The experts beyond the pair, whose loss profiles the experiment's auto merges need."""
+    spec = config["experiments"][experiment]
+    pair = set(expert_names(spec).values())
+    return [name for name in spec["experts"] if name not in pair
+            and any(name in merge.get("auto", []) for merge in spec.get("merges", {}).values())]
 
 
 def eta_options(experiment: str, eta: str, **more) -> str:
@@ -229,7 +248,9 @@ def profile_selection(config: dict, experiment: str) -> str:
 
 def loss_profile_shard_arguments(config: dict, experiment: str, shard, splits: str) -> str:
     profile = config["experiments"][experiment]["loss_profile"]
-    return " ".join([expert_pair(config, experiment), options(data=splits), profile_selection(config, experiment),
+    others = other_experts(config, experiment, profiled_others(config, experiment)) or None
+    return " ".join([expert_pair(config, experiment), options(expert=others, data=splits),
+                     profile_selection(config, experiment),
                      options(points=profile["points"], batch_size=profile["batch_size"], shard=shard,
                              shards=profile.get("shards", 1))])
 
@@ -283,8 +304,8 @@ def predict_vlb_arguments(config: dict, experiment: str, splits: str) -> str:
     """Every configured eta, from the loss profile measured on the profile's images."""
     spec = config["experiments"][experiment]
     switches = auto_switch_path(experiment) if AUTO_LABEL in spec["etas"] else None
-    # named merges are not predicted yet: the loss profile holds the quality and likelihood experts only
-    etas = [str(eta) for eta in spec["etas"] if str(eta) not in spec.get("merges", {})]
+    # named merges and experts beyond the pair are not predicted yet
+    etas = [str(eta) for eta in spec["etas"] if str(eta) not in spec.get("merges", {}) and not other_expert(spec, eta)]
     return " ".join([options(data=splits), profile_selection(config, experiment),
                      options(etas=etas, switches=switches)])
 
@@ -302,3 +323,8 @@ def literature_table_arguments(config: dict, number, files) -> str:
     return " ".join([options(table=number), *(options(**{kind: [name, *file_list(files[f"{kind}_{name}"])]})
                                               for name in config["paper"] for kind in LITERATURE_KINDS),
                      options(recommend_fid_budget=budgets)])
+
+
+def auto_merge_arguments(config: dict, experiment: str, merge: str) -> str:
+    """The candidate experts of a named auto merge (its --profile is the rule's input)."""
+    return options(experts=merge_experts(config["experiments"][experiment]["merges"][merge]))

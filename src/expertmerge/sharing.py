@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from . import paths
-from .pipeline import AUTO_LABEL, RANGE_LABELS, experiment_eta_range, expert_names
+from .pipeline import RANGE_LABELS, experiment_eta_range, named_label
 
 DIRECTIONS = {"ancestral": "down", "ode": "down", "nll": "up"}  # the paths that share a trunk, and which way each runs
 
@@ -47,7 +47,7 @@ def switch_level(experiment: dict, label) -> float | None:
     """The switch eta of a merge label known while planning (a number, eta_min, eta_max); None for a baseline and
     for "auto", whose switches a job chooses later (it runs on its own)."""
     label = str(label)
-    if label == AUTO_LABEL or label in expert_names(experiment).values() or label in experiment.get("merges", {}):
+    if named_label(experiment, label):
         return None  # auto and named merges run on their own (a named merge may start with another expert)
     if label in RANGE_LABELS:
         return experiment_eta_range(experiment)[RANGE_LABELS.index(label)]

@@ -200,3 +200,21 @@ def vlb_optimal_pieces(gammas, curves: dict, errors: dict, ranges: dict) -> tupl
                   for count in range(1, most + 1) if any(c == count for _, c in best)]
     chosen = next((c for c in candidates if c.excess_bpd <= c.standard_error_bpd), pointwise)
     return chosen, pointwise, candidates
+
+
+def vlb_optimal_merge(gammas, curves: dict, errors: dict, ranges: dict) -> tuple[Pieces, Pieces, list[Pieces], tuple]:
+    """`vlb_optimal_pieces` over the experts of `curves` on their own merged range (the grid cut to the union of
+    their `ranges`): (chosen, pointwise, candidates, (gamma_0, gamma_1)), the last the clock of the merge."""
+    grid = np.asarray(gammas, dtype=np.float64)
+    clock = (min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values()))
+    inside = (grid >= clock[0] - 1e-9) & (grid <= clock[1] + 1e-9)
+    cut = {name: np.asarray(curve, dtype=np.float64)[inside] for name, curve in curves.items()}
+    chosen, pointwise, candidates = vlb_optimal_pieces(grid[inside], cut, {name: np.asarray(errors[name])[inside]
+                                                                           for name in curves}, ranges)
+    return chosen, pointwise, candidates, clock
+
+
+def merge_of_pieces(pieces: Pieces, clock: tuple[float, float]) -> dict:
+    """A piecewise choice as a named merge (config.yaml's form): experts from high noise to low, hard switches at
+    the etas of `clock` where they hand over."""
+    return {"experts": list(pieces.experts[::-1]), "switches": switch_etas(pieces.switches, *clock)[::-1]}

@@ -5,6 +5,7 @@ import re
 
 from expertmerge import paths, rule_arguments, sharing
 from expertmerge.configuration import check_config
+from expertmerge.merge_plan import merge_experts
 from expertmerge.samplers import experiment_results, paper_samplers
 from expertmerge.table_registry import RESULT_FILES, experiment_tables, get_table, numbers_pattern, paper_numbers
 from expertmerge.pipeline import (AUTO_LABEL, auto_switch_path, eta_labels, expert_names, expert_stem,
@@ -45,13 +46,13 @@ def checkpoint_files(stem):
 def expert_files(wildcards):
     """The checkpoints an eta needs: one expert for its baseline, both for a merge, and for "auto" the
     switches chosen from the loss profile."""
-    if wildcards.eta in expert_names(experiment(wildcards)).values():
+    if wildcards.eta in experiment(wildcards)["experts"]:  # a baseline: that expert alone
         return checkpoint_files(stem_of(wildcards.experiment, wildcards.eta))
     merge = experiment(wildcards).get("merges", {}).get(wildcards.eta)
-    if merge is not None:  # a named merge: the pair (its command loads them by role) and its other experts
-        others = [name for name in merge["experts"] if name not in expert_names(experiment(wildcards)).values()]
-        return both_expert_files(wildcards) + [path for name in others
-                                               for path in checkpoint_files(stem_of(wildcards.experiment, name))]
+    if merge is not None:  # a named merge: the pair (its command loads them by role), its other experts, its choice
+        others = [name for name in merge_experts(merge) if name not in expert_names(experiment(wildcards)).values()]
+        chosen = [paths.AUTO_MERGE.format(experiment=wildcards.experiment, merge=wildcards.eta)] if "auto" in merge else []
+        return both_expert_files(wildcards) + other_expert_files(wildcards, others) + chosen
     return both_expert_files(wildcards) + ([auto_switch_path(wildcards.experiment)] if wildcards.eta == AUTO_LABEL else [])
 
 
@@ -62,6 +63,16 @@ def auto_switch_files(wildcards):
 
 def loss_profile_shards(name):
     return range(config["experiments"][name]["loss_profile"].get("shards", 1))
+
+
+def other_expert_files(wildcards, names):
+    return [path for name in names for path in checkpoint_files(stem_of(wildcards.experiment, name))]
+
+
+def profiled_expert_files(wildcards):
+    """The loss profile's experts: the pair, and the others that an auto merge chooses among."""
+    others = rule_arguments.profiled_others(config, wildcards.experiment)
+    return both_expert_files(wildcards) + other_expert_files(wildcards, others)
 
 
 def both_expert_files(wildcards):

@@ -1,14 +1,14 @@
 # Diagnostics and the choice of eta from data (per experiment with a `loss_profile` section): each
 # expert's denoising loss L(gamma), the integrand of the VLB's diffusion term (Eq. 7), on one gamma grid
 # over both experts' ranges, measured on the selection split in shards; the VLB it predicts for every
-# eta; the VLB-optimal merge (eta "auto"); and their figures.
+# eta; the VLB-optimal merge (eta "auto"), and of any named auto merge's experts; and their figures.
 
 from expertmerge import paths
 
 
 rule loss_profile_shard:
     input:
-        experts=both_expert_files,
+        experts=profiled_expert_files,
         splits=rules.dataset.output.splits,
     output:
         paths.LOSS_PROFILE_SHARD,
@@ -47,6 +47,21 @@ rule auto_switch:
         paths.log("auto_switch"),
     shell:
         "expertmerge auto-switch --profile {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule auto_merge:
+    input:
+        rules.loss_profile.output,
+    output:
+        paths.AUTO_MERGE,
+    params:
+        arguments=lambda w: rule_arguments.auto_merge_arguments(config, w.experiment, w.merge),
+    conda:
+        "../../envs/expertmerge.yaml"
+    log:
+        paths.log("auto_merge/{merge}"),
+    shell:
+        "expertmerge auto-merge --profile {input:q} {params.arguments} --out {output:q} > {log:q} 2>&1"
 
 
 rule predict_vlb:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from expertmerge.configuration import validate_config
 
-from expertmerge import rule_arguments
+from expertmerge import paths, rule_arguments
 from expertmerge.cli import build_parser
 from expertmerge.samplers import experiment_results
 from expertmerge.pipeline import (IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, has_analysis,
@@ -262,6 +262,11 @@ def test_loss_profile_and_its_figure(name):
     for shard in range(profile["shards"]):
         args = parse("loss-profile", rule_arguments.loss_profile_shard_arguments(CONFIG, name, shard, SPLITS))
         assert_expert_pair(args, name)
+        spec = CONFIG["experiments"][name]
+        candidates = {expert for merge in spec.get("merges", {}).values()
+                      for expert in merge.get("auto", [])} - set(expert_names(spec).values())
+        assert dict(args.expert) == {expert: expert_stem(name, expert, spec["experts"][expert])
+                                     for expert in candidates}  # the others an auto merge chooses among
         assert (args.data, args.split, args.points) == (SPLITS, profile["split"], profile["points"])
         assert (args.images, args.seed, args.batch_size) == (profile.get("images"), profile["seed"], profile["batch_size"])
         assert (args.shard, args.shards) == (shard, profile["shards"])
@@ -272,7 +277,11 @@ def test_loss_profile_and_its_figure(name):
     args = parse("predict-vlb", rule_arguments.predict_vlb_arguments(CONFIG, name, SPLITS), "--profile", "p.csv")
     assert (args.data, args.split, args.images, args.seed) == (SPLITS, profile["split"], profile.get("images"),
                                                                profile["seed"])
-    assert args.etas == [str(eta) for eta in CONFIG["experiments"][name]["etas"]]
+    spec = CONFIG["experiments"][name]
+    pair = set(expert_names(spec).values())
+    predicted = [str(eta) for eta in spec["etas"] if str(eta) not in spec.get("merges", {})
+                 and (str(eta) not in spec["experts"] or str(eta) in pair)]
+    assert args.etas == predicted  # named merges and experts beyond the pair are not predicted
     assert args.switches == (auto_switch_path(name) if "auto" in args.etas else None)
 
 
@@ -288,6 +297,19 @@ def test_the_auto_eta_reads_its_switches(name):
             sample = parse("sample", rule_arguments.sample_shard_arguments(CONFIG, name, sampler, eta, 0))
             assert sample.switches == expected
     assert "auto" not in spec["etas"] or "loss_profile" in spec
+
+
+@pytest.mark.parametrize("name,merge", [(name, merge) for name, spec in CONFIG["experiments"].items()
+                                        for merge, value in spec.get("merges", {}).items() if "auto" in value])
+def test_a_named_auto_merge_is_chosen_by_auto_merge_and_run_from_its_choice(name, merge):
+    spec = CONFIG["experiments"][name]
+    args = parse("auto-merge", rule_arguments.auto_merge_arguments(CONFIG, name, merge), "--profile", "p.csv")
+    assert args.experts == spec["merges"][merge]["auto"]
+    args = parse("nll", rule_arguments.nll_shard_arguments(CONFIG, name, merge, 0, SPLITS))
+    assert_expert_pair(args, name)
+    assert args.eta == merge and args.switches == paths.AUTO_MERGE.format(experiment=name, merge=merge)
+    others = set(spec["merges"][merge]["auto"]) - set(expert_names(spec).values())
+    assert {expert for expert, _ in args.expert} == others and args.merge is None and args.start_state is None
 
 
 @pytest.mark.parametrize("name", ANALYSED)

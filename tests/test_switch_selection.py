@@ -236,3 +236,24 @@ def test_auto_over_two_experts_agrees_with_the_two_expert_selection():
     chosen = vlb_optimal_pieces(LINE, two, {n: np.zeros_like(LINE) for n in two}, {n: (-10.0, 10.0) for n in two})[0]
     selection = vlb_optimal_switches(LINE, two["likelihood"], two["quality"], np.zeros_like(LINE), -10.0, 10.0)
     assert chosen.experts == tuple(selection.experts()) and chosen.switches == pytest.approx(selection.chosen.switches)
+
+
+def test_an_auto_merge_chooses_on_its_own_experts_range_and_reads_as_a_named_merge():
+    """vlb_optimal_merge cuts the profile's grid to its candidates' union (a pair's auto ignores where only a third
+    expert is measured) and merge_of_pieces writes the choice as config.yaml's merge: high noise to low, etas of
+    that union's clock."""
+    from expertmerge.switch_selection import merge_of_pieces, vlb_optimal_merge
+
+    ranges = {"vdm": (-10.0, 6.0), "edm": (-6.0, 10.0)}
+    curves = {name: np.where((LINE >= lo) & (LINE <= hi), THREE[name], np.nan) for name, (lo, hi) in ranges.items()}
+    wider = np.concatenate([[-12.0], LINE, [12.0]])  # a third expert's grid points beyond the pair's union
+    pad = lambda curve: np.concatenate([[np.nan], curve, [np.nan]])  # noqa: E731
+    chosen, _, _, clock = vlb_optimal_merge(wider, {n: pad(c) for n, c in curves.items()},
+                                            {n: pad(np.zeros_like(LINE)) for n in curves}, ranges)
+    assert clock == (-10.0, 10.0) and chosen.experts == ("vdm", "edm")
+    (crossing,) = chosen.switches  # vdm's 1 + 0.1 (g + 3) meets edm's 1 - 0.1 (g - 4) at g = 0.5
+    assert crossing == pytest.approx(0.5, abs=1e-9)
+    assert merge_of_pieces(chosen, clock) == {"experts": ["edm", "vdm"], "switches": [pytest.approx(0.525, abs=1e-9)]}
+    three = vlb_optimal_merge(LINE, THREE, NO_ERROR, EVERYWHERE)
+    assert merge_of_pieces(three[0], three[3]) == {"experts": ["edm", "flow", "vdm"],
+                                                   "switches": [pytest.approx(0.7), pytest.approx(0.35)]}

@@ -293,7 +293,8 @@ def build_named_merge(stems: dict, label, merge: dict | None, device="cpu", chos
     if missing:
         raise ValueError(f"merge {label!r} names the expert {missing[0]!r}: give its checkpoint with --expert "
                          f"{missing[0]}=STEM (known: {', '.join(stems)})")
-    experts = [load_expert(stems[name], device) for name in names]
+    loaded = {name: load_expert(stems[name], device) for name in dict.fromkeys(names)}  # an auto merge may repeat one
+    experts = [loaded[name] for name in names]
     if merge is None:
         merge = read_auto_merge(chosen, {name: (e.gamma_min, e.gamma_max) for name, e in zip(names, experts)})
     switches = [parse_switch(value) for value in merge.get("switches", [])]

@@ -94,3 +94,36 @@ def test_an_auto_merge_file_is_checked_against_its_experts(tmp_path):
         path.write_text(json.dumps({"merge": merge}))
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
             read_auto_merge(path, ranges)
+
+
+def checked(change):
+    """config.yaml with `change` applied to its digits3 experiment, validated and checked as the workflow does."""
+    import copy
+
+    import yaml
+
+    from expertmerge.configuration import check_config, validate_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = copy.deepcopy(yaml.safe_load((repo / "config.yaml").read_text()))
+    change(config["experiments"]["digits3"])
+    validate_config(config, repo / "workflow/schemas/config.schema.yaml")
+    check_config(config)
+
+
+def test_the_three_expert_experiment_is_a_valid_config():
+    checked(lambda experiment: None)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e["merges"].update(bad={"auto": ["edm", "nope"]}), "names the expert 'nope', which the experiment"),
+    (lambda e: e.pop("loss_profile"), "an auto merge is chosen from the experts' loss profiles: configure loss_profile"),
+    (lambda e: e["experts"]["flow"].update(noise_range={"gamma_min": 6.0, "gamma_max": 9.1902}),
+     r"merge 'flow-vdm': no expert of \['flow', 'vdm'\] serves gamma in \(5, 6\)"),
+    (lambda e: e["experts"]["flow"].update(role="quality"), "exactly one 'quality' and one 'likelihood' role"),
+])
+def test_a_bad_named_merge_or_role_is_refused_while_planning(change, message):
+    from expertmerge.pipeline import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        checked(change)

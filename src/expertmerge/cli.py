@@ -38,7 +38,7 @@ def _experts(parser):
     parser.add_argument("--merge", type=json_object, default=None,
                         help='a named merge (--eta is its name): JSON {"experts": [high noise to low], "switches": '
                              '[eta or {"blend": [eta_a, eta_b]}, ...]}')
-    parser.add_argument("--expert", type=key_value, action="append", default=[], metavar="NAME=STEM",
+    parser.add_argument("--expert", type=key_value, nargs="+", action="extend", default=[], metavar="NAME=STEM",
                         help="a named merge's expert beyond --quality and --likelihood: its checkpoint stem")
 
 
@@ -249,7 +249,7 @@ def _profile_commands(command):
     sub = command("loss-profile", profile_commands.cmd_loss_profile, "each expert's denoising loss L(gamma) on one gamma grid",
                   "profile .csv")
     _expert_pair(sub)
-    sub.add_argument("--expert", type=key_value, action="append", default=[], metavar="NAME=STEM",
+    sub.add_argument("--expert", type=key_value, nargs="+", action="extend", default=[], metavar="NAME=STEM",
                      help="an expert beyond the pair (role 'other' in the profile, for named merges): its checkpoint stem")
     sub.add_argument("--data", required=True, help="splits .npz")
     _selection(sub)
@@ -293,6 +293,8 @@ def _profile_commands(command):
     sub.add_argument("--profile", required=True, help="loss-profile .csv")
     sub.add_argument("--etas", type=unit, nargs="*", default=[], help="switch levels to mark, each in [0, 1]")
     sub.add_argument("--switches", default=None, help="an auto-switch .json: its switches are marked")
+    sub.add_argument("--merges", type=key_value, nargs="+", action="extend", default=[], metavar="NAME=JSON",
+                     help="an auto merge's .json (expertmerge auto-merge): its pieces drawn as a strip")
     sub.add_argument("--title", default=None)
 
 

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
 from .noise import linear_gamma, linear_gamma_time  # noqa: E402
+from .profile_files import OTHER_ROLE  # noqa: E402
 from .samplers import NO_STEPPED_RECORDS, get_sampler, reference_sampler, result_title, stepped_sampler  # noqa: E402
 from .tables import check_records, is_merged, nll_summary, short_label, vlb_summary  # noqa: E402
 
@@ -231,12 +232,13 @@ BITS_PER_UNIT_GAMMA = 1 / (2 * math.log(2))  # d(diffusion term, bits/dim)/d gam
 
 
 def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = (), auto: Sequence[float] = (),
-                        title=None) -> list[Path]:
+                        merges: dict | None = None, title=None) -> list[Path]:
     """L(gamma) of the quality and likelihood experts (log scale) with ±1 standard-error bands; dashed lines
     at gamma(eta_min) and gamma(eta_max), light lines at the gamma of each of `etas` (Eq. 14, eta also on the
     top axis), open circles where the curves cross, and solid lines at the VLB-optimal merge's switches
     (`auto`, as etas). The right axis reads L as the VLB's integrand in bits/dim per unit gamma. `profile`
-    holds the rows of `expertmerge loss-profile`."""
+    holds the rows of `expertmerge loss-profile`; experts beyond the pair are drawn too, and each of `merges`
+    ({name: an auto-merge .json's contents}) as a strip at the bottom coloured by the expert serving each piece."""
     from .loss_profile import crossings  # here, not at the top: the other figures' jobs need no torch
 
     missing = [column for column in PROFILE_COLUMNS if column not in profile.columns]
@@ -255,6 +257,15 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
         low = (loss - error).clip(lower=loss / 10)  # a band below zero cannot be drawn on a log axis
         ax.fill_between(gamma, low, loss + error, color=f"C{k}", alpha=0.25, linewidth=0)
         curves[role] = rows.set_index("gamma")["loss"]
+    colors = {str(profile.loc[profile["role"] == role, "expert"].iloc[0]): f"C{k}"
+              for k, role in enumerate(("quality", "likelihood"))}
+    for k, (name, rows) in enumerate(profile[profile["role"] == OTHER_ROLE].groupby("expert", sort=False)):
+        colors[str(name)] = f"C{k + 4}"  # C2, C3: the crossings' and auto's colours
+        rows = rows.sort_values("gamma")
+        ax.plot(rows["gamma"], rows["loss"], color=colors[str(name)], label=str(name).upper())
+        ax.fill_between(rows["gamma"], (rows["loss"] - rows["standard_error"]).clip(lower=rows["loss"] / 10),
+                        rows["loss"] + rows["standard_error"], color=colors[str(name)], alpha=0.25, linewidth=0)
+    _merge_strips(ax, merges or {}, colors)
     both = pd.concat(curves, axis=1).sort_index()  # one grid: NaN where an expert is out of its range
     crossed = crossings(both.index, both["quality"], both["likelihood"])
     if crossed:
@@ -268,7 +279,8 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
         ax.axvline(linear_gamma(eta, gamma_0, gamma_1), color="gray", linestyle="--", linewidth=1)
         ax.text(linear_gamma(eta, gamma_0, gamma_1), 0.02, f" η{name}", transform=ax.get_xaxis_transform(),
                 rotation=90, ha="right", va="bottom", fontsize=8, color="dimgray")
-    ax.set(yscale="log", xlim=(gamma_0, gamma_1), xlabel="γ = log s² (negative log-SNR)",
+    ax.set(yscale="log", xlim=(min(gamma_0, profile["gamma_min"].min()), max(gamma_1, profile["gamma_max"].max())),
+           xlabel="γ = log s² (negative log-SNR)",
            ylabel="L(γ) = E‖(D(x+sε; s) − x)/s‖² / dim")
     top = ax.secondary_xaxis("top", functions=(lambda g: linear_gamma_time(g, gamma_0, gamma_1),
                                                lambda eta: linear_gamma(eta, gamma_0, gamma_1)))
@@ -283,6 +295,17 @@ def loss_profile_figure(profile: pd.DataFrame, stem, *, etas: Sequence[float] = 
         ax.set_title(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save_figure(fig, stem, dpi=150)
+
+
+def _merge_strips(ax, merges: dict, colors: dict) -> None:
+    """One strip per auto merge along the bottom of `ax`: its pieces coloured by the expert that serves them."""
+    for j, (name, chosen) in enumerate(merges.items()):
+        edges = [chosen["gamma_0"], *chosen["switch_gammas"], chosen["gamma_1"]]
+        y = 0.03 + 0.06 * j
+        for lo, hi, expert in zip(edges[:-1], edges[1:], chosen["experts"]):
+            ax.axvspan(lo, hi, ymin=y, ymax=y + 0.04, color=colors.get(expert, "gray"), alpha=0.8, linewidth=0)
+        ax.text(chosen["gamma_0"], 0.01 + y + 0.02, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
+                va="center", ha="left", color="white")
 
 
 # ----------------------------------------------------------------------------

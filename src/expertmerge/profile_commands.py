@@ -189,8 +189,16 @@ def cmd_figure_loss_profile(args):
     require_suffix(args.out, ".png")
     from . import figures
     from .pipeline import load_switches
-    from .profile_files import profile_experts, read_loss_profile
+    import json
+    from pathlib import Path
+
+    from .profile_files import expert_ranges, profile_experts, read_auto_merge, read_loss_profile
 
     profile = read_loss_profile(args.profile)
     auto = load_switches(args.switches, *profile_experts(profile))[1] if args.switches else ()
-    figures.loss_profile_figure(profile, args.out, etas=args.etas, auto=auto, title=args.title)
+    ranges = expert_ranges(profile)
+    merges = {}
+    for name, path in args.merges:
+        read_auto_merge(path, ranges)  # checked, then drawn from its pieces
+        merges[name] = json.loads(Path(path).read_text())
+    figures.loss_profile_figure(profile, args.out, etas=args.etas, auto=auto, merges=merges, title=args.title)

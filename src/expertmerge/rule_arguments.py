@@ -256,8 +256,16 @@ def loss_profile_shard_arguments(config: dict, experiment: str, shard, splits: s
 
 
 def figure_loss_profile_arguments(config: dict, experiment: str) -> str:
-    """The switch levels the figure marks (its --profile and --switches are the rule's inputs)."""
-    return options(etas=numeric_etas(config["experiments"][experiment]))
+    """The switch levels the figure marks and the auto merges it draws (its --profile and --switches are the rule's
+    inputs)."""
+    return options(etas=numeric_etas(config["experiments"][experiment]),
+                   merges=[f"{name}={paths.AUTO_MERGE.format(experiment=experiment, merge=name)}"
+                           for name in auto_merges(config, experiment)] or None)
+
+
+def auto_merges(config: dict, experiment: str) -> list[str]:
+    """The experiment's named auto merges."""
+    return [name for name, merge in config["experiments"][experiment].get("merges", {}).items() if "auto" in merge]
 
 
 def figure_fid_vs_nfe_arguments(config: dict, experiment: str) -> str:

@@ -102,6 +102,8 @@ rule figure_loss_profile:
     input:
         profile=rules.loss_profile.output,
         switches=rules.auto_switch.output,
+        merges=lambda w: [paths.AUTO_MERGE.format(experiment=w.experiment, merge=name)
+                          for name in rule_arguments.auto_merges(config, w.experiment)],
     output:
         png=report(f"{paths.fill(paths.FIGURE, figure='loss_profile')}.png", caption="../report/loss_profile.rst",
                    category="Figures", subcategory="{experiment}"),

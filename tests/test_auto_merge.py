@@ -55,6 +55,9 @@ def test_an_auto_merge_of_three_experts_is_chosen_from_their_profiles_and_runs(t
     chosen = json.loads((tmp_path / "three.json").read_text())
     assert (chosen["gamma_0"], chosen["gamma_1"]) == pytest.approx((flow["gamma_min"].iloc[0], flow["gamma_max"].iloc[0]))
     assert chosen["merge"]["experts"] == chosen["experts"][::-1] and chosen["excess_bpd"] <= chosen["standard_error_bpd"]
+    figure = run("figure-loss-profile", "--profile", tmp_path / "three.csv", "--switches", tmp_path / "auto.json",
+                 "--merges", f"three={tmp_path / 'three.json'}", "--out", tmp_path / "profile.png")
+    assert figure.returncode == 0 and (tmp_path / "profile.png").stat().st_size > 0, figure.stderr
     experts = ["--quality", three / "edm", "--likelihood", three / "vdm", "--expert", f"flow={three / 'flow'}"]
     for eta, more in (("three", ["--switches", tmp_path / "three.json"]), ("flow", [])):
         result = run("nll", *experts, "--eta", eta, *more, "--data", three / "splits.npz", "--split", "test",

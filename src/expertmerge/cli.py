@@ -337,6 +337,8 @@ def _report_commands(command):
 
     sub = command("summary", report_commands.cmd_summary, "every eta's NLL, FID and VLB, and the paper's claims checked",
                   "summary .md path (the claims also as .csv beside it)")
+    sub.add_argument("--named", type=key_value, nargs="+", action="extend", default=[], metavar="NAME=TEXT",
+                     help="a named merge's eta label and what it merges, for its row")
     for flag in ("--nll", "--vlb", "--fid"):
         sub.add_argument(flag, nargs="+", required=True)
     sub.add_argument("--profile", default=None, help="a loss-profile CSV: adds L(gamma) of both experts")

@@ -81,6 +81,14 @@ def _range(bounds) -> str:
     return f"[{bounds[0]:.4g}, {bounds[1]:.4g}]"
 
 
+def describe_merge(merge: dict) -> str:
+    """A config.yaml merge in words: 'auto over EDM, FLOW, VDM' or 'EDM > FLOW > VDM at 0.7, 0.3'."""
+    if "auto" in merge:
+        return "auto over " + ", ".join(name.upper() for name in merge["auto"])
+    switches = [parse_switch(value).describe() for value in merge["switches"]]
+    return " > ".join(name.upper() for name in merge["experts"]) + " at " + ", ".join(switches)
+
+
 def merge_experts(merge: dict) -> list[str]:
     """The experts a config.yaml merge may use: its `experts`, or the candidates of an `auto` merge."""
     return [str(name) for name in (merge["auto"] if "auto" in merge else merge["experts"])]

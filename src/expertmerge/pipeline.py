@@ -281,8 +281,8 @@ def build_expert(quality_stem, likelihood_stem, label, device="cpu", switches=No
 def build_named_merge(stems: dict, label, merge: dict | None, device="cpu", chosen=None):
     """A named merge (config.yaml's merges.<label>: experts from high noise to low and the switches between them;
     or one that `expertmerge auto-merge` `chosen`, its .json), its experts loaded from `stems` ({name: checkpoint
-    stem}); returns (expert, EtaChoice, image shape). The choice is recorded at its lowest switch level, as
-    "auto" at its first; an auto merge that chose one expert alone is that expert (eta NaN)."""
+    stem}); returns (expert, EtaChoice, image shape). It is off the eta axis of the pair's merges (eta NaN; its
+    lowest switch level is its switch_eta); an auto merge that chose one expert alone is that expert."""
     from .experts.checkpoint import load_expert
     from .merge_plan import parse_switch
     from .merge_specs import build_merge
@@ -303,7 +303,7 @@ def build_named_merge(stems: dict, label, merge: dict | None, device="cpu", chos
         return expert, replace(choice, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max), tuple(expert.image_shape)
     expert = build_merge(experts, switches, names)
     levels = sorted({level for switch in switches for level in (switch.low, switch.high)})
-    choice = EtaChoice(str(label), levels[0], None, levels[0], switch_etas=tuple(levels))
+    choice = EtaChoice(str(label), levels[0], None, math.nan, switch_etas=tuple(levels))  # off the pair's eta axis
     return expert, replace(choice, gamma_min=expert.gamma_min, gamma_max=expert.gamma_max), tuple(expert.image_shape)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-KEYS = ("eta_label", "eta")
+KEYS = ("eta_label", "eta")  # eta empty (NaN): a row off the eta axis (an expert beyond the pair, alone)
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,9 @@ def _check_kind(frame: pd.DataFrame, kind: RecordKind, path) -> None:
     if missing:
         raise ValueError(f"{path} ({kind.what}) lacks column(s) {missing}; it holds {list(frame.columns)}")
     for column in ("eta", *kind.numbers, *(c for c in kind.optional if c in frame.columns)):
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = np.flatnonzero(~np.isfinite(values.to_numpy(dtype=float)))
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+        off_axis = (np.isnan(values) & frame[column].isna().to_numpy()) if column == "eta" else False  # see KEYS
+        bad = np.flatnonzero(~np.isfinite(values) & ~off_axis)
         if len(bad):
             raise ValueError(f"{path} ({kind.what}): column {column!r} must hold finite numbers, but row {bad[0] + 1} "
                              f"holds {frame[column].iloc[bad[0]]} ({len(bad)} such rows)")

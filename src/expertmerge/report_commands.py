@@ -97,7 +97,7 @@ def cmd_summary(args):
     claims = summary.claims(frame, args.fid_budget)
     recommendation = summary.recommended_eta(frame, args.recommend_fid_budget)
     text = ("Results per switch level (NLL ± s.e. over test images, FID ± seed-group spread, VLB ± std over runs)"
-            "\n\n" + summary.results_markdown(frame) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims)
+            "\n\n" + summary.results_markdown(frame, dict(args.named)) + "\nThe paper's claims\n\n" + summary.claims_markdown(claims)
             + "\nRecommended η\n\n" + summary.recommendation_markdown(recommendation))
     if fid["sampler"].map(stepped_sampler).notna().any():
         text += ("\nFew-step sampling: EDM's Heun sampler against the adaptive ODE (FID, NFE per image; the goal: "

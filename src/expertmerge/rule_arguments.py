@@ -15,7 +15,7 @@ import shlex
 
 from . import paths, sharing
 from .downloads import UNPINNED
-from .merge_plan import merge_experts
+from .merge_plan import describe_merge, merge_experts
 from .samplers import parse_result
 from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names, expert_stem, gamma_range, numeric_etas,
                        other_expert,
@@ -298,8 +298,10 @@ def summary_arguments(config: dict, experiment: str, profile, predicted=()) -> s
     """The recommendation's FID budget; --profile and --predicted only when the experiment has a loss profile
     (each: its CSV, or nothing)."""
     profile, predicted = file_list(profile), file_list(predicted)
+    named = [f"{name}={describe_merge(merge)}" for name, merge in config["experiments"][experiment].get("merges", {}).items()]
     return options(recommend_fid_budget=recommend_fid_budget(config, experiment),
-                   profile=profile[0] if profile else None, predicted=predicted[0] if predicted else None)
+                   profile=profile[0] if profile else None, predicted=predicted[0] if predicted else None,
+                   named=named or None)
 
 
 def table_arguments(optional: dict) -> str:

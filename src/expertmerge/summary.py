@@ -170,8 +170,9 @@ def eta_name(eta_label: str, eta: float) -> str:
         return f"{short_label(eta_label)} (η = {eta:.4g})"
 
 
-def results_markdown(frame: pd.DataFrame) -> str:
-    """The results table as Markdown: value ± error per cell, the best NLL and VLB in bold."""
+def results_markdown(frame: pd.DataFrame, named: dict | None = None) -> str:
+    """The results table as Markdown: value ± error per cell, the best NLL and VLB in bold; a named merge's row
+    (`named`: {label: what it merges}) says what it is."""
     best = {column: frame[column].min() for column in ("bpd_mean", "vlb_mean")}
 
     def cell(row, value, error, decimals, bold=None):
@@ -186,6 +187,7 @@ def results_markdown(frame: pd.DataFrame) -> str:
         label = short_label(row["eta_label"])
         label = f"{label} = {row['eta']:.4f}" if row["eta_label"] in ("eta_min", "eta_max") else label
         label = label if is_merged(row["eta_label"]) else f"{label} alone"
+        label = f"{row['eta_label']}: {named[row['eta_label']]}" if row["eta_label"] in (named or {}) else label
         lines.append(f"| {label} | {cell(row, 'bpd_mean', 'bpd_sem', 3, True)} | {row['nfe_mean']:.0f} | "
                      + "".join(f"{cell(row, f'fid_{sampler}', f'fid_spread_{sampler}', 1)} | " for sampler in fids)
                      + f"{cell(row, 'vlb_mean', 'vlb_std', 3, True)} |")

@@ -55,6 +55,18 @@ def test_an_auto_merge_of_three_experts_is_chosen_from_their_profiles_and_runs(t
     chosen = json.loads((tmp_path / "three.json").read_text())
     assert (chosen["gamma_0"], chosen["gamma_1"]) == pytest.approx((flow["gamma_min"].iloc[0], flow["gamma_max"].iloc[0]))
     assert chosen["merge"]["experts"] == chosen["experts"][::-1] and chosen["excess_bpd"] <= chosen["standard_error_bpd"]
+    selection = ["--data", three / "splits.npz", "--split", "val", "--images", 40]
+    hard = json.dumps({"experts": ["edm", "vdm"], "switches": [0.5]})  # the eta grid's 0.5, by name
+    result = run("predict-vlb", "--profile", tmp_path / "three.csv", *selection, "--etas", "0.5", "--merges",
+                 f"half={hard}", "--auto-merges", f"three={tmp_path / 'three.json'}", "--out", tmp_path / "predicted.csv")
+    assert result.returncode == 0, result.stderr
+    predicted = pd.read_csv(tmp_path / "predicted.csv", dtype={"eta_label": str}).set_index("eta_label")
+    assert predicted.loc["half", "predicted_vlb"] == pytest.approx(predicted.loc["0.5", "predicted_vlb"], abs=1e-12)
+    assert np.isnan(predicted.loc["three", "eta"]) and np.isfinite(predicted.loc["three", "predicted_vlb"])
+    blend = json.dumps({"experts": ["edm", "vdm"], "switches": [{"blend": [0.4, 0.6]}]})
+    result = run("predict-vlb", "--profile", tmp_path / "three.csv", *selection, "--etas", "0.5", "--merges",
+                 f"soft={blend}", "--out", tmp_path / "blend.csv")
+    assert result.returncode != 0 and "a blend's VLB is not predicted" in result.stderr and "Traceback" not in result.stderr
     figure = run("figure-loss-profile", "--profile", tmp_path / "three.csv", "--switches", tmp_path / "auto.json",
                  "--merges", f"three={tmp_path / 'three.json'}", "--out", tmp_path / "profile.png")
     assert figure.returncode == 0 and (tmp_path / "profile.png").stat().st_size > 0, figure.stderr

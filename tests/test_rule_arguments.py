@@ -281,7 +281,14 @@ def test_loss_profile_and_its_figure(name):
     pair = set(expert_names(spec).values())
     predicted = [str(eta) for eta in spec["etas"] if str(eta) not in spec.get("merges", {})
                  and (str(eta) not in spec["experts"] or str(eta) in pair)]
-    assert args.etas == predicted  # named merges and experts beyond the pair are not predicted
+    assert args.etas == predicted  # the eta grid; experts beyond the pair are not predicted
+    merges = {name: merge for name, merge in spec.get("merges", {}).items() if name in map(str, spec["etas"])}
+    assert {name: json.loads(text) for name, text in args.merges} == {
+        name: merge for name, merge in merges.items() if "auto" not in merge
+        and not any(isinstance(value, dict) for value in merge["switches"])}  # hard switches; blends are not
+    experiment = name
+    assert dict(args.auto_merges) == {merge: paths.AUTO_MERGE.format(experiment=experiment, merge=merge)
+                                      for merge in merges if "auto" in merges[merge]}
     assert args.switches == (auto_switch_path(name) if "auto" in args.etas else None)
 
 

@@ -282,6 +282,10 @@ def _profile_commands(command):
     _selection(sub, "the profile's ")
     sub.add_argument("--etas", nargs="+", required=True, help="eta labels, as config.yaml's etas")
     sub.add_argument("--switches", default=None, help="eta auto: the auto-switch .json")
+    sub.add_argument("--merges", type=key_value, nargs="+", action="extend", default=[], metavar="NAME=JSON",
+                     help="a named merge with hard switches (config.yaml's form, as JSON) to predict")
+    sub.add_argument("--auto-merges", type=key_value, nargs="+", action="extend", default=[], metavar="NAME=FILE",
+                     help="a named auto merge's .json (expertmerge auto-merge) to predict")
 
     sub = command("figure-predicted-vlb", profile_commands.cmd_figure_predicted_vlb,
                   "the VLB predicted from L(gamma) against the measured VLB, per eta", "figure .png path")

@@ -150,7 +150,7 @@ def cmd_predict_vlb(args):
     from .loss_profile import predicted_vlb, profile_curves
     from .noise import linear_gamma
     from .pipeline import AUTO_LABEL, load_switches, resolve_eta
-    from .profile_files import profile_experts, read_loss_profile
+    from .profile_files import expert_ranges, profile_experts, read_loss_profile
     from .shards import write_csv
 
     if len(set(args.etas)) < len(args.etas):
@@ -175,7 +175,53 @@ def cmd_predict_vlb(args):
         records.append({**choice.record(), "gamma_min": pieces[0][0], "gamma_max": pieces[-1][1],
                         **{f"predicted_{key}": value for key, value in terms.items()}})
         log.info("eta %s: predicted VLB %.4f bpd", label, terms["vlb"])
+    for name, merge in _named_merges(args, expert_ranges(profile)):
+        choice, pieces = _merge_pieces(name, merge, profile)
+        terms = predicted_vlb(images, gammas, pieces)
+        records.append({**choice.record(), "gamma_min": pieces[0][0], "gamma_max": pieces[-1][1],
+                        **{f"predicted_{key}": value for key, value in terms.items()}})
+        log.info("merge %s: predicted VLB %.4f bpd", name, terms["vlb"])
     write_csv(args.out, pd.DataFrame(records))
+
+
+def _named_merges(args, ranges: dict) -> list[tuple[str, dict]]:
+    """The named merges to predict: --merges NAME=JSON (config.yaml's form, hard switches only: a blend's
+    denoiser mixes two experts' predictions, whose loss no curve holds) and --auto-merges NAME=FILE."""
+    from argparse import ArgumentTypeError
+
+    from .arguments import json_object
+    from .merge_plan import check_config_merge
+    from .profile_files import read_auto_merge
+
+    merges = []
+    for name, text in args.merges:
+        try:
+            merge = json_object(text)
+            check_config_merge(merge, ranges)
+        except (ArgumentTypeError, ValueError, KeyError) as error:
+            raise ValueError(f"--merges {name}: {error}") from None
+        if any(isinstance(value, dict) for value in merge["switches"]):
+            raise ValueError(f"--merges {name}: a blend's VLB is not predicted by the experts' L(gamma) (its "
+                             "denoiser mixes two experts' predictions); give hard switches only")
+        merges.append((name, merge))
+    return merges + [(name, read_auto_merge(path, ranges)) for name, path in args.auto_merges]
+
+
+def _merge_pieces(name: str, merge: dict, profile):
+    """(EtaChoice, pieces low to high noise with each expert's curve) of a hard-switch merge on its own clock."""
+    import math
+
+    from .loss_profile import profile_curves
+    from .noise import linear_gamma
+    from .pipeline import EtaChoice
+
+    gammas, curves = profile_curves(profile, by="expert")
+    names = [str(expert) for expert in merge["experts"]][::-1]  # low to high noise
+    clock = (min(curves[n][0] for n in names), max(curves[n][1] for n in names))
+    etas = sorted(float(eta) for eta in merge["switches"])
+    edges = [clock[0], *(linear_gamma(eta, *clock) for eta in etas), clock[1]]
+    choice = EtaChoice(name, etas[0] if etas else None, None, math.nan, switch_etas=tuple(etas))
+    return choice, [(lo, hi, curves[n][2]) for lo, hi, n in zip(edges[:-1], edges[1:], names)]
 
 
 def cmd_figure_predicted_vlb(args):

@@ -314,10 +314,20 @@ def predict_vlb_arguments(config: dict, experiment: str, splits: str) -> str:
     """Every configured eta, from the loss profile measured on the profile's images."""
     spec = config["experiments"][experiment]
     switches = auto_switch_path(experiment) if AUTO_LABEL in spec["etas"] else None
-    # named merges and experts beyond the pair are not predicted yet
-    etas = [str(eta) for eta in spec["etas"] if str(eta) not in spec.get("merges", {}) and not other_expert(spec, eta)]
+    # named merges are predicted apart (blends are not: no curve holds a mixed prediction's loss); experts beyond
+    # the pair are profiled only when an auto merge chooses among them
+    merges = {name: merge for name, merge in spec.get("merges", {}).items() if str(name) in map(str, spec["etas"])}
+    etas = [str(eta) for eta in spec["etas"] if str(eta) not in merges and not other_expert(spec, eta)]
+    hard = [f"{name}={quote_free(merge)}" for name, merge in merges.items()
+            if "auto" not in merge and not any(isinstance(value, dict) for value in merge["switches"])]
+    auto = [f"{name}={paths.AUTO_MERGE.format(experiment=experiment, merge=name)}" for name in merges if "auto" in merges[name]]
     return " ".join([options(data=splits), profile_selection(config, experiment),
-                     options(etas=etas, switches=switches)])
+                     options(etas=etas, switches=switches, merges=hard or None, auto_merges=auto or None)])
+
+
+def quote_free(value: dict) -> str:
+    """Compact JSON (options() quotes it for the shell)."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def paper_table_arguments(config: dict, number, files) -> str:

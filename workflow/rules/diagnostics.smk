@@ -69,6 +69,8 @@ rule predict_vlb:
         profile=rules.loss_profile.output,
         splits=rules.dataset.output.splits,
         switches=auto_switch_files,
+        merges=lambda w: [paths.AUTO_MERGE.format(experiment=w.experiment, merge=name)
+                          for name in rule_arguments.auto_merges(config, w.experiment)],
     output:
         paths.PREDICTED_VLB,
     params:

@@ -226,18 +226,20 @@ def profile_markdown(profile: pd.DataFrame, step: float = 2.0) -> str:
     (and etas, Eq. 14) where the two curves cross."""
     from .loss_profile import crossings
 
-    wide = profile.pivot_table(index="gamma", columns="role", values="loss").sort_index()
-    names = profile.drop_duplicates("role").set_index("role")["expert"]
+    wide = profile.pivot_table(index="gamma", columns="expert", values="loss").sort_index()
+    names = profile.drop_duplicates("role").set_index("role")["expert"]  # the pair's; others have role "other"
+    others = [name for name in profile.loc[~profile["role"].isin(("quality", "likelihood")), "expert"].unique()]
     gamma_0, gamma_1 = float(profile["gamma_0"].iloc[0]), float(profile["gamma_1"].iloc[0])
     targets = np.arange(np.ceil(gamma_0), np.floor(gamma_1) + 1e-9, step)  # whole gammas `step` apart
     shown = wide.iloc[sorted({int(np.abs(wide.index - target).argmin()) for target in targets})]  # nearest grid points
     cell = lambda v: "–" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
     lines = ["| γ | " + " | ".join(f"{g:.1f}" for g in shown.index) + " |", "|---" * (len(shown) + 1) + "|"]
-    for role in ("quality", "likelihood"):
-        lines.append(f"| {names[role].upper()} | " + " | ".join(cell(v) for v in shown[role]) + " |")
-    found = crossings(wide.index, wide["quality"], wide["likelihood"])
+    for expert in (names["quality"], names["likelihood"], *others):
+        lines.append(f"| {expert.upper()} | " + " | ".join(cell(v) for v in shown[expert]) + " |")
+    found = crossings(wide.index, wide[names["quality"]], wide[names["likelihood"]])
     where = ", ".join(f"γ = {g:.2f} (η = {(g - gamma_0) / (gamma_1 - gamma_0):.3f})" for g, _ in found)
-    return "\n".join(lines) + f"\n\nThe curves cross at {where or 'no measured gamma'}.\n"
+    pair = f"{names['quality'].upper()}'s and {names['likelihood'].upper()}'s curves" if others else "The curves"
+    return "\n".join(lines) + f"\n\n{pair[0].upper() + pair[1:]} cross at {where or 'no measured gamma'}.\n"
 
 
 FEW_STEP_GOAL = (0.05, 0.25)  # issue 14: within 5% of the adaptive ODE's FID at <= 1/4 of its NFE

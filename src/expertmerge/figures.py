@@ -304,8 +304,8 @@ def _merge_strips(ax, merges: dict, colors: dict) -> None:
         y = 0.03 + 0.06 * j
         for lo, hi, expert in zip(edges[:-1], edges[1:], chosen["experts"]):
             ax.axvspan(lo, hi, ymin=y, ymax=y + 0.04, color=colors.get(expert, "gray"), alpha=0.8, linewidth=0)
-        ax.text(chosen["gamma_0"], 0.01 + y + 0.02, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
-                va="center", ha="left", color="white")
+        ax.text(chosen["gamma_0"], y + 0.02, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, va="center",
+                ha="left", bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
 
 
 # ----------------------------------------------------------------------------

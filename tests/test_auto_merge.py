@@ -142,3 +142,20 @@ def test_a_bad_named_merge_or_role_is_refused_while_planning(change, message):
 
     with pytest.raises(ConfigError, match=message):
         checked(change)
+
+
+def test_the_digits3_target_plans_three_experts_their_auto_merges_and_leaves_the_demo_alone(tmp_path):
+    """`snakemake -n digits3` trains three experts, profiles all three in one loss profile, chooses each named auto
+    merge and runs every eta of digits3; the default target's plan is the demo's alone."""
+    import yaml
+
+    from test_pipeline import planned_jobs, write_config
+
+    repo = Path(__file__).resolve().parents[1]
+    write_config(tmp_path, yaml.safe_load((repo / "config.yaml").read_text()))
+    digits3 = yaml.safe_load((repo / "config.yaml").read_text())["experiments"]["digits3"]
+    planned = planned_jobs(tmp_path, "digits3")
+    etas = len(digits3["etas"])
+    assert (planned["train_expert"], planned["auto_merge"], planned["loss_profile_shard"]) == (3, 3, 1)
+    assert (planned["nll_shard"], planned["vlb_run"]) == (etas, etas)  # one shard and one job of runs per eta
+    assert "digits3" not in str(planned_jobs(tmp_path)) and planned_jobs(tmp_path)["train_expert"] == 2

@@ -3,9 +3,10 @@
 An eta label is one of: the name of an expert (its baseline on its own native range, e.g.
 "edm" or "vdm"), "eta_min"/"eta_max" (the ends of the feasible range, Eq. 15), a number
 in [eta_min, eta_max], or "auto": the VLB-optimal merge chosen from the experts' loss profile
-(`expertmerge auto-switch`, one or more switches; an experiment with `loss_profile` only). Plots place
-the quality baseline at 0 and the likelihood baseline at 1, as the paper does, and "auto" at its
-first switch.
+(`expertmerge auto-switch`, one or more switches; an experiment with `loss_profile` only), or the name of one
+of the experiment's `merges` (any number of experts; `expertmerge.merge_plan`). Plots place the quality
+baseline at 0 and the likelihood baseline at 1, as the paper does, and "auto" at its first switch; named
+merges and experts beyond the pair are off that axis (eta empty).
 """
 from __future__ import annotations
 

@@ -29,11 +29,11 @@ def test_experts_target_plans_every_paper_job(tmp_path):
     write_config(tmp_path, BASE)
     assert planned_jobs(tmp_path, "experts") == {
         "fetch": 4,            # CIFAR-10 tarball, two ImageNet32 tars, the EDM pickle
-        "dataset": 3,          # digits, cifar10, imagenet32
+        "dataset": 4,          # digits, digits3, cifar10, imagenet32
         "import_expert": 1,    # EDM CIFAR-10 from NVlabs' pickle
         "train_recipe": 3,     # VDM CIFAR-10, VDM ImageNet32, EDM ImageNet32: the last job of each chain
         "train_recipe_chunk": 7 + 24 + 4,  # the jobs before it: 10M / 1.25M, 2M / 80k, 976,563 / 200k steps
-        "train_expert": 2,     # the demo's two experts
+        "train_expert": 5,     # the demo's two experts, digits3's three
         "experts": 1,
     }
 

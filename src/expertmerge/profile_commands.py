@@ -47,7 +47,8 @@ def cmd_loss_profile(args):
         stems[name], names[name] = Path(stem), name
     experts = {key: load_expert(stem, device) for key, stem in stems.items()}
     for key, expert in experts.items():  # all before any runs; uint8 images are [N, H, W, C]
-        check_image_shape(expert, (images.shape[3], *images.shape[1:3]), f"the expert {names[key]}")
+        whose = f"the {key} expert {names[key]}" if key in ROLES else f"the expert {names[key]}"
+        check_image_shape(expert, (images.shape[3], *images.shape[1:3]), whose)
     gamma_0, gamma_1 = merged_range([experts["quality"], experts["likelihood"]])  # the pair's clock (Eq. 14)
     eta_min, eta_max = eta_range(experts["quality"], experts["likelihood"])
     ends = [end for expert in experts.values() for end in (expert.gamma_min, expert.gamma_max)]

@@ -24,10 +24,13 @@ from .pipeline import (AUTO_LABEL, IMAGE_SHAPES, auto_switch_path, expert_names,
 LITERATURE_KINDS = ("nll", "vlb", "fid")  # a literature table's result kinds, in argument order per data set
 
 
+def compact_json(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def quote(value) -> str:
     """One shell word: a dict as compact JSON, anything else as its str()."""
-    text = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
-    return shlex.quote(text)
+    return shlex.quote(compact_json(value) if isinstance(value, dict) else str(value))
 
 
 def options(**values) -> str:
@@ -65,7 +68,7 @@ def expert_pair(config: dict, experiment: str, eta: str | None = None) -> str:
     if merge is None:
         return pair
     others = [name for name in merge_experts(merge) if name not in names.values()]
-    chosen = (dict(switches=paths.AUTO_MERGE.format(experiment=experiment, merge=eta)) if "auto" in merge
+    chosen = (dict(switches=auto_merge_path(experiment, eta)) if "auto" in merge
               else dict(merge=merge))
     return " ".join([pair, options(**chosen, expert=other_experts(config, experiment, others) or None)])
 
@@ -259,13 +262,22 @@ def figure_loss_profile_arguments(config: dict, experiment: str) -> str:
     """The switch levels the figure marks and the auto merges it draws (its --profile and --switches are the rule's
     inputs)."""
     return options(etas=numeric_etas(config["experiments"][experiment]),
-                   merges=[f"{name}={paths.AUTO_MERGE.format(experiment=experiment, merge=name)}"
+                   merges=[f"{name}={auto_merge_path(experiment, name)}"
                            for name in auto_merges(config, experiment)] or None)
 
 
 def auto_merges(config: dict, experiment: str) -> list[str]:
     """The experiment's named auto merges."""
     return [name for name, merge in config["experiments"][experiment].get("merges", {}).items() if "auto" in merge]
+
+
+def auto_merge_path(experiment: str, merge: str) -> str:
+    return paths.AUTO_MERGE.format(experiment=experiment, merge=merge)
+
+
+def auto_merge_files(config: dict, experiment: str) -> list[str]:
+    """Every named auto merge's choice (the inputs of the L(gamma) figure and of predict-vlb)."""
+    return [auto_merge_path(experiment, name) for name in auto_merges(config, experiment)]
 
 
 def figure_fid_vs_nfe_arguments(config: dict, experiment: str) -> str:
@@ -318,16 +330,12 @@ def predict_vlb_arguments(config: dict, experiment: str, splits: str) -> str:
     # the pair are profiled only when an auto merge chooses among them
     merges = {name: merge for name, merge in spec.get("merges", {}).items() if str(name) in map(str, spec["etas"])}
     etas = [str(eta) for eta in spec["etas"] if str(eta) not in merges and not other_expert(spec, eta)]
-    hard = [f"{name}={quote_free(merge)}" for name, merge in merges.items()
+    hard = [f"{name}={compact_json(merge)}" for name, merge in merges.items()
             if "auto" not in merge and not any(isinstance(value, dict) for value in merge["switches"])]
-    auto = [f"{name}={paths.AUTO_MERGE.format(experiment=experiment, merge=name)}" for name in merges if "auto" in merges[name]]
+    auto = [f"{name}={auto_merge_path(experiment, name)}" for name in merges if "auto" in merges[name]]
     return " ".join([options(data=splits), profile_selection(config, experiment),
                      options(etas=etas, switches=switches, merges=hard or None, auto_merges=auto or None)])
 
-
-def quote_free(value: dict) -> str:
-    """Compact JSON (options() quotes it for the shell)."""
-    return json.dumps(value, separators=(",", ":"))
 
 
 def paper_table_arguments(config: dict, number, files) -> str:

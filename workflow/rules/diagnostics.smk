@@ -69,8 +69,7 @@ rule predict_vlb:
         profile=rules.loss_profile.output,
         splits=rules.dataset.output.splits,
         switches=auto_switch_files,
-        merges=lambda w: [paths.AUTO_MERGE.format(experiment=w.experiment, merge=name)
-                          for name in rule_arguments.auto_merges(config, w.experiment)],
+        merges=lambda w: rule_arguments.auto_merge_files(config, w.experiment),
     output:
         paths.PREDICTED_VLB,
     params:
@@ -104,8 +103,7 @@ rule figure_loss_profile:
     input:
         profile=rules.loss_profile.output,
         switches=rules.auto_switch.output,
-        merges=lambda w: [paths.AUTO_MERGE.format(experiment=w.experiment, merge=name)
-                          for name in rule_arguments.auto_merges(config, w.experiment)],
+        merges=lambda w: rule_arguments.auto_merge_files(config, w.experiment),
     output:
         png=report(f"{paths.fill(paths.FIGURE, figure='loss_profile')}.png", caption="../report/loss_profile.rst",
                    category="Figures", subcategory="{experiment}"),
